@@ -1,0 +1,100 @@
+"""Input validation shared by the numpy core [ESPO-INPUT].
+
+Every check raises ESPOInputError naming the argument and what is wrong. Padding
+positions (mask False) may hold anything, NaN included; the checks return copies in
+which padding is zeroed so that nothing from it can leak into an output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ESPOInputError
+
+
+def _first_index(bad: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def as_real_array(x, name: str, ndim: int | None = None) -> np.ndarray:
+    """float64 copy of a real (non-bool, non-complex) numeric array."""
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise ESPOInputError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ESPOInputError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def as_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask of the given shape; accepts bool or numeric 0/1 arrays."""
+    arr = np.asarray(mask)
+    if arr.shape != tuple(shape):
+        raise ESPOInputError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.copy()
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise ESPOInputError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        idx = _first_index(bad)
+        raise ESPOInputError(
+            f"{name} must be boolean or 0/1, found {arr[idx]!r} at index {list(idx)}"
+        )
+    return arr.astype(bool)
+
+
+def check_shape(arr: np.ndarray, name: str, shape: tuple[int, ...], ref: str) -> None:
+    if arr.shape != tuple(shape):
+        raise ESPOInputError(f"{name} must have the shape of {ref} {tuple(shape)}, got {arr.shape}")
+
+
+def finite_on(arr: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """Raise if arr is non-finite at a response position; return arr with padding zeroed."""
+    bad = mask & ~np.isfinite(arr)
+    if bad.any():
+        idx = _first_index(bad)
+        raise ESPOInputError(
+            f"{name} has a non-finite value {arr[idx]!r} at response position {list(idx)}"
+        )
+    return np.where(mask, arr, 0.0)
+
+
+def entropy_in_range(entropy: np.ndarray, mask: np.ndarray, log_vocab: float, tol: float) -> None:
+    """Eq. 6 bounds: 0 <= e <= log|V|, up to an absolute tolerance [ESPO-ENT-DOMAIN]."""
+    bad = mask & ((entropy < -tol) | (entropy > log_vocab + tol))
+    if bad.any():
+        idx = _first_index(bad)
+        raise ESPOInputError(
+            f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
+            f"(tolerance {tol:g}); found {entropy[idx]!r} at response position {list(idx)}"
+        )
+
+
+def advantages_2d(advantages, mask: np.ndarray, name: str = "advantages") -> np.ndarray:
+    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0."""
+    adv = as_real_array(advantages, name)
+    B, T = mask.shape
+    if adv.ndim == 1:
+        if adv.shape != (B,):
+            raise ESPOInputError(f"{name} must have shape ({B},) or ({B}, {T}), got {adv.shape}")
+        bad = ~np.isfinite(adv) & mask.any(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ESPOInputError(f"{name} has a non-finite value {adv[i]!r} for response {i}")
+        adv = np.broadcast_to(adv[:, None], (B, T))
+    elif adv.ndim == 2:
+        if adv.shape != (B, T):
+            raise ESPOInputError(f"{name} must have shape ({B},) or ({B}, {T}), got {adv.shape}")
+    else:
+        raise ESPOInputError(f"{name} must be 1-D [B] or 2-D [B, T], got shape {adv.shape}")
+    return finite_on(adv, mask, name)
+
+
+def token_inputs(logp, old_logp, mask, names=("logp", "old_logp")):
+    """Validate the [B, T] log-probability pair and the mask; return cleaned copies."""
+    lp = as_real_array(logp, names[0], ndim=2)
+    olp = as_real_array(old_logp, names[1])
+    check_shape(olp, names[1], lp.shape, names[0])
+    m = as_mask(mask, "mask", lp.shape)
+    return finite_on(lp, m, names[0]), finite_on(olp, m, names[1]), m

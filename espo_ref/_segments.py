@@ -1,0 +1,39 @@
+"""Vectorised per-(response, group) reductions used by grouping, clipping and the ratio.
+
+A group is the pair (row b, group id g); its flat segment id is b * G + g with
+G = max group id + 1. Tokens outside ``include`` belong to no segment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Segments:
+    """Flat segment ids of the included tokens of a [B, T] group-id array."""
+
+    def __init__(self, groups: np.ndarray, include: np.ndarray):
+        B, T = groups.shape
+        self.shape = (B, T)
+        self.include = include
+        self.width = int(groups[include].max()) + 1 if include.any() else 1
+        seg = np.arange(B, dtype=np.int64)[:, None] * self.width + np.where(include, groups, 0)
+        self.seg = seg
+        self.flat = seg[include]
+        self.counts = np.bincount(self.flat, minlength=B * self.width)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.flat, weights=values[self.include], minlength=self.counts.size)
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Per-segment means (0 for empty segments)."""
+        return self.sums(values) / np.maximum(self.counts, 1)
+
+    def to_tokens(self, per_segment: np.ndarray) -> np.ndarray:
+        """Broadcast a per-segment array back to the tokens (0 outside ``include``)."""
+        return np.where(self.include, per_segment[self.seg], 0.0)
+
+    def groups_per_row(self) -> np.ndarray:
+        """K_i: the number of non-empty groups of each row."""
+        B = self.shape[0]
+        return (self.counts.reshape(B, self.width) > 0).sum(axis=1)

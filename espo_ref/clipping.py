@@ -1,0 +1,42 @@
+"""Entropy-adaptive clipping, Eq. 8 [ESPO-CLIP], and the fixed-range ablation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import as_real_array, check_shape, finite_on
+from ._segments import Segments
+from .config import ESPOConfig
+from .errors import ESPOInputError
+from .grouping import check_groups, trained_tokens
+
+
+def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
+    """[ESPO-CLIP] Eq. 8: eps_tau = alpha * mean_{t in tau}(e_t) / log|V|, per token [B, T].
+
+    With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
+    K_i the number of trained groups of response i. 0 on padding.
+    """
+    if not isinstance(config, ESPOConfig):
+        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    ent = as_real_array(entropy, "entropy", ndim=2)
+    g = check_groups(groups, ent.shape)
+    response = g >= 0
+    ent = finite_on(ent, response, "entropy")
+    scale = config.alpha / config.log_vocab
+    if config.eps_reading == "group_mean":
+        seg = Segments(g, response)
+        return scale * seg.to_tokens(seg.means(ent))
+    k = Segments(g, trained_tokens(g, config)).groups_per_row()
+    return np.where(response, scale * ent / np.maximum(k, 1)[:, None], 0.0)
+
+
+def clip_bounds(entropy, groups, config: ESPOConfig) -> tuple[np.ndarray, np.ndarray]:
+    """[ESPO-CLIP-FIXED] The clip offsets (eps_low, eps_high) per token: both equal to Eq. 8
+    under ``clip="adaptive"``, the constants ``config.eps_low/eps_high`` under ``"fixed"``."""
+    if config.clip == "adaptive":
+        eps = group_clip_eps(entropy, groups, config)
+        return eps, eps
+    g = np.asarray(groups)
+    response = g >= 0
+    return np.where(response, config.eps_low, 0.0), np.where(response, config.eps_high, 0.0)

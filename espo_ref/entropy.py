@@ -1,0 +1,44 @@
+"""Token entropy of the old policy, Eq. 6 [ESPO-ENT]."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._checks import as_real_array
+from .errors import ESPOInputError
+
+
+def token_entropy(logits, temperature: float = 1.0) -> np.ndarray:
+    """[ESPO-ENT] Eq. 6: e = -sum_v p_v log p_v of p = softmax(logits / temperature), in nats.
+
+    Reduces the last axis; stable via log-sum-exp. Entries of -inf are vocabulary items
+    with probability zero; NaN and +inf are errors. Returns float64 of shape
+    ``logits.shape[:-1]``, clamped below at 0 against rounding.
+    """
+    z = np.asarray(logits)
+    if z.dtype == object or z.dtype.kind not in "fiu":
+        raise ESPOInputError(f"logits must be a real numeric array, got dtype {z.dtype}")
+    if z.ndim < 1 or z.shape[-1] < 1:
+        raise ESPOInputError(f"logits must have a non-empty last (vocabulary) axis, got {z.shape}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
+        raise ESPOInputError(f"temperature must be a finite number > 0, got {temperature!r}")
+    z = as_real_array(z, "logits") / float(temperature)
+    if np.isnan(z).any() or np.isposinf(z).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isnan(z) | np.isposinf(z))[0])
+        raise ESPOInputError(f"logits has a NaN or +inf value at index {list(idx)}")
+    top = z.max(axis=-1, keepdims=True)
+    if np.isneginf(top).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isneginf(top[..., 0]))[0])
+        raise ESPOInputError(f"logits is -inf over the whole vocabulary at index {list(idx)}")
+    shifted = z - top
+    alive = np.isfinite(shifted)
+    shifted = np.where(alive, shifted, 0.0)
+    weights = np.where(alive, np.exp(shifted), 0.0)
+    total = weights.sum(axis=-1)
+    prob = weights / total[..., None]
+    entropy = np.log(total) - np.sum(prob * shifted, axis=-1)
+    return np.maximum(entropy, 0.0)

@@ -1,0 +1,5 @@
+"""Error type raised for bad input [ESPO-INPUT]."""
+
+
+class ESPOInputError(ValueError):
+    """A bad argument: the message names the argument and what is wrong with it."""
