@@ -34,3 +34,22 @@ __all__ = [
     "grpo_advantages",
     "espo_loss",
 ]
+
+# --- baselines ---
+from .aggregation import LOSS_AGG_MODES, agg_loss, agg_weights
+from .baselines import (
+    BaselineConfig,
+    CISPOConfig,
+    DAPOConfig,
+    GMPOConfig,
+    GRPOConfig,
+    GSPOConfig,
+    cispo_loss,
+    dapo_loss,
+    gmpo_loss,
+    grpo_loss,
+    gspo_loss,
+)
+
+__all__ += ["LOSS_AGG_MODES", "agg_loss", "agg_weights", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig", "CISPOConfig", "grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss"]
+# --- end baselines ---
