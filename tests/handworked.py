@@ -155,3 +155,36 @@ def check_case(case: Case, runner: Callable, tol) -> list[str]:
             if not ok:
                 failures.append(f"[{b},{t}] {name}: got {got!r}, want {want!r}")
     return failures
+
+
+# --- baselines (specs/baselines.md) ----------------------------------------------------
+
+
+def _baseline_runner(name: str, config_name: str):
+    def runner(case):
+        import espo_ref
+
+        fn, factory = getattr(espo_ref, name), getattr(espo_ref, config_name)
+        return run_token_loss(fn, factory, with_entropy=False)(case)
+    return runner
+
+
+def _run_agg_loss(case: Case):
+    import espo_ref
+
+    arrays, mask, keys = token_arrays(case, ("per_token",))
+    mode, max_len = case.config["mode"], case.config.get("max_len")
+    value = espo_ref.agg_loss(arrays["per_token"], mask, mode, max_len)
+    weight = espo_ref.agg_weights(mask, mode, max_len)
+    return Outcome({"value": value}, {"weight": weight}), {"keys": keys}
+
+
+RUNNERS.update({
+    "grpo_loss": _baseline_runner("grpo_loss", "GRPOConfig"),
+    "dapo_loss": _baseline_runner("dapo_loss", "DAPOConfig"),
+    "gspo_loss": _baseline_runner("gspo_loss", "GSPOConfig"),
+    "gmpo_loss": _baseline_runner("gmpo_loss", "GMPOConfig"),
+    "cispo_loss": _baseline_runner("cispo_loss", "CISPOConfig"),
+    "agg_loss": _run_agg_loss,
+})
+# --- end baselines ---
