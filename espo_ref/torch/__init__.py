@@ -1,0 +1,37 @@
+"""espo_ref.torch: the torch backend, a line-for-line mirror of the numpy core.
+
+Same function names, arguments and order as ``espo_ref``; same ESPOConfig, LossResult and
+ESPOInputError (with the same messages). It adds vectorised tensor code, autograd through
+Eq. 9's stop-gradients, CUDA, and a keyword-only ``validate`` on the functions whose checks
+read tensor values (each such check is a host-device sync; ``validate=False`` skips them).
+Inputs in float64 are computed in float64; float32, bfloat16 and float16 in float32.
+"""
+
+from ..config import ESPOConfig
+from ..errors import ESPOInputError
+from ..result import LossResult
+from .advantage import grpo_advantages
+from .clipping import clip_bounds, group_clip_eps
+from .entropy import token_entropy
+from .grouping import entropy_groups, high_group_size, trained_tokens
+from .objective import aggregation_weights, clipped_surrogate, espo_loss, espo_metrics, token_ratio
+from .ratio import group_log_ratio
+
+__all__ = [
+    "ESPOConfig",
+    "ESPOInputError",
+    "LossResult",
+    "token_entropy",
+    "entropy_groups",
+    "high_group_size",
+    "trained_tokens",
+    "group_clip_eps",
+    "clip_bounds",
+    "group_log_ratio",
+    "token_ratio",
+    "clipped_surrogate",
+    "aggregation_weights",
+    "grpo_advantages",
+    "espo_loss",
+    "espo_metrics",
+]

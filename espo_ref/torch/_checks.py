@@ -1,0 +1,207 @@
+"""Input validation of the torch backend, message for message the numpy core's [ESPO-INPUT].
+
+Every check raises ``espo_ref.ESPOInputError`` with the text the numpy core gives for the
+same input (dtype names, shapes and values are printed the numpy way). Finding a bad value
+needs the tensor's contents on the host, so every value check is a host-device sync; the
+public functions take a keyword-only ``validate`` (default True) that skips them. Padding
+positions (mask False) may hold anything, NaN included: ``finite_on`` replaces them by 0
+with ``torch.where`` before any arithmetic, so that neither values nor gradients leak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ESPOInputError
+
+_NUMPY_NAMES = {
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.complex64: "complex64",
+    torch.complex128: "complex128",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The numpy spelling of a torch dtype (``torch.float32`` -> ``float32``)."""
+    return _NUMPY_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def is_real(dtype: torch.dtype) -> bool:
+    """Real numeric: floating or integer (numpy kinds f, i, u); not bool, not complex."""
+    return dtype != torch.bool and not dtype.is_complex
+
+
+def is_integer(dtype: torch.dtype) -> bool:
+    return is_real(dtype) and not dtype.is_floating_point
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 input, float32 for everything else (bfloat16/float16 upcast)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def coerce(x, device=None):
+    """(tensor or None, numpy dtype name). Non-tensors go through ``np.asarray`` first, so a
+    Python list of floats is float64 as in the core; None is returned for dtypes torch
+    cannot hold (object, strings), whose numpy name the caller puts in its message."""
+    if isinstance(x, torch.Tensor):
+        return (x if device is None else x.to(device)), dtype_name(x.dtype)
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biufc":
+        return None, str(arr.dtype)
+    if arr.dtype.kind == "u" and arr.dtype != np.uint8:
+        arr = arr.astype(np.int64)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return (t if device is None else t.to(device)), str(arr.dtype)
+
+
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """The tensor's contents as a numpy array (bfloat16 as float32, which numpy lacks)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.to(torch.float32)
+    return t.numpy()
+
+
+def scalar_repr(t: torch.Tensor, idx) -> str:
+    """``repr`` of one element as the numpy scalar of the same dtype (np.int64(2), ...)."""
+    return repr(host_array(t[tuple(idx)])[()])
+
+
+def float_repr(t: torch.Tensor, idx) -> str:
+    """``repr`` of one element after the core's cast to float64 (np.float64(nan), ...)."""
+    return repr(np.float64(host_array(t[tuple(idx)]).astype(np.float64)[()]))
+
+
+def first_index(bad: torch.Tensor) -> list[int]:
+    """Row-major first True position (a host sync)."""
+    return [int(i) for i in bad.nonzero()[0].tolist()]
+
+
+def as_real_tensor(x, name: str, ndim: int | None = None, device=None) -> torch.Tensor:
+    """A real (non-bool, non-complex) tensor, in its own dtype; the core's as_real_array."""
+    t, numpy_name = coerce(x, device)
+    if t is None or not is_real(t.dtype):
+        raise ESPOInputError(f"{name} must be a real numeric array, got dtype {numpy_name}")
+    if ndim is not None and t.ndim != ndim:
+        raise ESPOInputError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def as_mask(mask, name: str, shape: tuple[int, ...], device=None, validate: bool = True) -> torch.Tensor:
+    """Boolean mask of the given shape; accepts bool or numeric 0/1 tensors."""
+    t, numpy_name = coerce(mask, device)
+    got = tuple(t.shape) if t is not None else tuple(np.asarray(mask).shape)
+    if got != tuple(shape):
+        raise ESPOInputError(f"{name} must have shape {tuple(shape)}, got {got}")
+    if t is not None and t.dtype == torch.bool:
+        return t
+    if t is None or not is_real(t.dtype):
+        raise ESPOInputError(f"{name} must be boolean or 0/1, got dtype {numpy_name}")
+    if validate:
+        bad = (t != 0) & (t != 1)
+        if bool(bad.any()):
+            idx = first_index(bad)
+            raise ESPOInputError(
+                f"{name} must be boolean or 0/1, found {scalar_repr(t, idx)} at index {idx}"
+            )
+    return t != 0
+
+
+def check_shape(t: torch.Tensor, name: str, shape: tuple[int, ...], ref: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ESPOInputError(
+            f"{name} must have the shape of {ref} {tuple(shape)}, got {tuple(t.shape)}"
+        )
+
+
+def finite_on(t: torch.Tensor, mask: torch.Tensor, name: str, dtype: torch.dtype,
+              validate: bool = True) -> torch.Tensor:
+    """Raise if t is non-finite at a response position; return t in ``dtype`` with padding
+    replaced by 0 (``torch.where`` on the input, so padding gets a zero, not NaN, gradient)."""
+    if validate:
+        bad = mask & ~torch.isfinite(t)
+        if bool(bad.any()):
+            idx = first_index(bad)
+            raise ESPOInputError(
+                f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}"
+            )
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device)).to(dtype)
+
+
+def _float_below(bound: float, dtype: torch.dtype) -> float:
+    """Largest value of ``dtype`` <= bound: for x of that dtype, x > bound iff x > it."""
+    if dtype == torch.float64:
+        return bound
+    f = np.float32(bound)
+    if float(f) > bound:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return float(f)
+
+
+def _float_above(bound: float, dtype: torch.dtype) -> float:
+    """Smallest value of ``dtype`` >= bound: for x of that dtype, x < bound iff x < it."""
+    if dtype == torch.float64:
+        return bound
+    f = np.float32(bound)
+    if float(f) < bound:
+        f = np.nextafter(f, np.float32(np.inf))
+    return float(f)
+
+
+def entropy_in_range(entropy: torch.Tensor, mask: torch.Tensor, log_vocab: float, tol: float) -> None:
+    """[ESPO-ENT-DOMAIN] Eq. 6 bounds: 0 <= e <= log|V| up to an absolute tolerance, decided
+    exactly as the core decides it in float64 (the float64 bounds are rounded outward)."""
+    lo = _float_above(-tol, entropy.dtype)
+    hi = _float_below(log_vocab + tol, entropy.dtype)
+    bad = mask & ((entropy < lo) | (entropy > hi))
+    if bool(bad.any()):
+        idx = first_index(bad)
+        raise ESPOInputError(
+            f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
+            f"(tolerance {tol:g}); found {float_repr(entropy, idx)} at response position {idx}"
+        )
+
+
+def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str = "advantages",
+                  validate: bool = True) -> torch.Tensor:
+    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0."""
+    adv = as_real_tensor(advantages, name, device=mask.device)
+    B, T = mask.shape
+    if adv.ndim == 1:
+        if tuple(adv.shape) != (B,):
+            raise ESPOInputError(f"{name} must have shape ({B},) or ({B}, {T}), got {tuple(adv.shape)}")
+        if validate:
+            bad = ~torch.isfinite(adv) & mask.any(dim=1)
+            if bool(bad.any()):
+                i = first_index(bad)[0]
+                raise ESPOInputError(f"{name} has a non-finite value {float_repr(adv, [i])} for response {i}")
+        adv = adv[:, None].expand(B, T)
+    elif adv.ndim == 2:
+        if tuple(adv.shape) != (B, T):
+            raise ESPOInputError(f"{name} must have shape ({B},) or ({B}, {T}), got {tuple(adv.shape)}")
+    else:
+        raise ESPOInputError(f"{name} must be 1-D [B] or 2-D [B, T], got shape {tuple(adv.shape)}")
+    return finite_on(adv, mask, name, dtype, validate)
+
+
+def token_inputs(logp, old_logp, mask, names=("logp", "old_logp"), validate: bool = True):
+    """Validate the [B, T] log-probability pair and the mask; return the pair in the compute
+    dtype with padding zeroed (logp keeps its autograd graph), and the boolean mask."""
+    lp = as_real_tensor(logp, names[0], ndim=2)
+    olp = as_real_tensor(old_logp, names[1], device=lp.device)
+    check_shape(olp, names[1], tuple(lp.shape), names[0])
+    m = as_mask(mask, "mask", tuple(lp.shape), device=lp.device, validate=validate)
+    dtype = compute_dtype(lp)
+    return (finite_on(lp, m, names[0], dtype, validate),
+            finite_on(olp, m, names[1], dtype, validate), m)

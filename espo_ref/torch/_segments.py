@@ -1,0 +1,60 @@
+"""Vectorised per-(response, group) reductions, the torch mirror of espo_ref/_segments.py.
+
+A group is the pair (row b, group id g); its statistics live in a [B, W] table with
+W = max group id + 1. ``width`` may be given (espo_loss knows it from the config: 2 for
+top_fraction, 1 for none, T for token, len(edges) + 1 for entropy_ranges); when it is
+not, it is read from the data, which is a host sync. Tokens outside ``include`` belong to
+no group.
+
+The sums are deterministic on CPU (``scatter_add`` walks each row in order). On CUDA a
+table of at most ``DENSE_WIDTH`` columns is reduced densely (a [B, W, T] masked sum,
+deterministic and free of atomic contention on a handful of addresses per row); wider
+tables use ``scatter_add``, whose float atomics make the last bits run-dependent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DENSE_WIDTH = 8
+
+
+class Segments:
+    """Group statistics of the included tokens of a [B, T] group-id tensor."""
+
+    def __init__(self, groups: torch.Tensor, include: torch.Tensor, width: int | None = None):
+        B, T = groups.shape
+        self.shape = (B, T)
+        self.include = include
+        if width is None:
+            width = int(torch.where(include, groups, 0).max()) + 1 if groups.numel() else 1
+        self.width = max(int(width), 1)
+        self.index = torch.where(include, groups, 0).to(torch.int64)
+        self.counts = self.sums(include.to(torch.int64))
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-group sums [B, W] of the included values (padding never enters)."""
+        src = torch.where(self.include, values, torch.zeros((), dtype=values.dtype, device=values.device))
+        B, W = self.shape[0], self.width
+        if W == 1:
+            return src.sum(dim=1, keepdim=True)
+        if src.device.type == "cpu" or W > DENSE_WIDTH:
+            out = torch.zeros((B, W), dtype=src.dtype, device=src.device)
+            return out.scatter_add(1, self.index, src)
+        ids = torch.arange(W, device=src.device).view(1, W, 1)
+        onehot = self.index.unsqueeze(1) == ids
+        return torch.where(onehot, src.unsqueeze(1), torch.zeros((), dtype=src.dtype, device=src.device)).sum(dim=2)
+
+    def means(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-group means (0 for empty groups)."""
+        sums = self.sums(values)
+        return sums / self.counts.clamp(min=1).to(sums.dtype)
+
+    def to_tokens(self, per_group: torch.Tensor) -> torch.Tensor:
+        """Broadcast a per-group [B, W] table back to the tokens (0 outside ``include``)."""
+        values = per_group.gather(1, self.index)
+        return torch.where(self.include, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+    def groups_per_row(self) -> torch.Tensor:
+        """K_i: the number of non-empty groups of each row."""
+        return (self.counts > 0).sum(dim=1)

@@ -1,0 +1,71 @@
+"""Group-normalised advantage, Eq. 11 [ESPO-ADV]; torch mirror of espo_ref/advantage.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ESPOInputError
+from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, first_index, float_repr, is_integer
+
+
+def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float = 1e-6, *,
+                    validate: bool = True) -> torch.Tensor:
+    """[ESPO-ADV] Eq. 11: A_i = 1[i in G] (R_i - mu_G) / (sigma_G + eps), per prompt.
+
+    G = the responses of the same prompt with ``valid`` True; mu, sigma their mean and std
+    (``ddof=1``: Bessel's correction). Invalid responses get 0; a prompt with fewer than
+    two valid responses gives 0 to all of its responses. Returns [B] (float64 for float64
+    rewards, else float32) on the rewards' device. ``prompt_ids``: an integer tensor, or
+    integers or strings as numpy accepts them. Finding the prompts (``unique``) syncs.
+    """
+    r = as_real_tensor(rewards, "rewards", ndim=1)
+    B = r.shape[0]
+    ids, numpy_name = coerce(prompt_ids, r.device) if isinstance(prompt_ids, torch.Tensor) else (None, None)
+    if ids is None:
+        host_ids = np.asarray(prompt_ids)
+        shape, ok_dtype, numpy_name = host_ids.shape, host_ids.dtype.kind in "iuUS", str(host_ids.dtype)
+    else:
+        shape, ok_dtype = tuple(ids.shape), is_integer(ids.dtype)
+    if len(shape) != 1 or shape[0] != B:
+        raise ESPOInputError(f"prompt_ids must have shape ({B},) like rewards, got {shape}")
+    if not ok_dtype:
+        raise ESPOInputError(f"prompt_ids must be integers or strings, got dtype {numpy_name}")
+    if valid is None:
+        v = torch.ones(B, dtype=torch.bool, device=r.device)
+    else:
+        v = as_mask(valid, "valid", (B,), device=r.device, validate=validate)
+    if isinstance(ddof, bool) or ddof not in (0, 1):
+        raise ESPOInputError(f"ddof must be 0 or 1, got {ddof!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+        raise ESPOInputError(f"eps must be a finite number >= 0, got {eps!r}")
+    if validate:
+        bad = v & ~torch.isfinite(r)
+        if bool(bad.any()):
+            i = first_index(bad)[0]
+            raise ESPOInputError(f"rewards has a non-finite value {float_repr(r, [i])} for valid response {i}")
+    dtype = compute_dtype(r)
+    zero = torch.zeros((), dtype=dtype, device=r.device)
+    r = torch.where(v, r, torch.zeros((), dtype=r.dtype, device=r.device)).to(dtype)
+    if ids is None:
+        _, inverse = np.unique(host_ids, return_inverse=True)
+        prompt = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(r.device)
+    else:
+        _, prompt = torch.unique(ids, return_inverse=True)
+    P = int(prompt.max()) + 1 if B else 0
+
+    def per_prompt(values):
+        return torch.zeros(P, dtype=dtype, device=r.device).index_add(0, prompt, values)
+
+    n = per_prompt(v.to(dtype))
+    mu = per_prompt(r) / n.clamp(min=1)
+    dev = torch.where(v, r - mu[prompt], zero)
+    var = per_prompt(dev * dev) / (n - ddof).clamp(min=1)
+    sigma = torch.sqrt(var)
+    scored = v & (n[prompt] >= 2)
+    denom = sigma[prompt] + eps
+    # eps = 0 with equal rewards gives 0 / 0; the advantage of an all-equal group is 0.
+    safe = scored & (denom > 0)
+    return torch.where(safe, dev / torch.where(safe, denom, torch.ones((), dtype=dtype, device=r.device)), zero)

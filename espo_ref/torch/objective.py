@@ -1,0 +1,218 @@
+"""The ESPO objective, Eq. 5 [ESPO-OBJ], with autograd through Eq. 9's stop-gradients;
+torch mirror of espo_ref/objective.py."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ESPOConfig
+from ..errors import ESPOInputError
+from ..grouping import HIGH_GROUP
+from ..result import LossResult
+from ._checks import advantages_2d, check_shape, first_index, token_inputs
+from ._segments import Segments
+from .clipping import _clip_bounds
+from .grouping import _entropy_groups, group_width, trained_tokens, validate_entropy
+from .ratio import _group_log_ratio
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=like.dtype, device=like.device)
+
+
+def token_ratio(log_s, log_r, mask, config: ESPOConfig, *, validate: bool = True):
+    """[ESPO-RATIO-TOKEN] / [ESPO-RATIO-LITERAL] / [ESPO-RATIO-CLAMP] Eq. 9 per token.
+
+    Returns (ratio, clamped): the value of s^{i,t}_tau and whether its log was clamped.
+    gspo_token: value s_tau, d value / d logp_t = s_tau. literal: value s_tau r_t,
+    d value / d logp_t = s_tau r_t. In both forms the derivative equals the value, and a
+    clamped token (log value above ``log_ratio_clamp``) has derivative 0. Autograd: log_s
+    is a stop-gradient (sg[s_tau]); when ``log_r`` carries a graph, ratio is
+    ``value * exp(log_r - sg[log_r])`` on unclamped response tokens, whose value is exactly
+    ``value`` and whose derivative w.r.t. logp_t is ``value``. The overflow check syncs.
+    """
+    log_s = log_s.detach()
+    log_value = log_s + log_r.detach() if config.ratio_form == "literal" else log_s
+    log_value = torch.where(mask, log_value, _zero(log_value))
+    if config.log_ratio_clamp is None:
+        clamped = torch.zeros_like(mask)
+    else:
+        clamped = mask & (log_value > config.log_ratio_clamp)
+        log_value = log_value.clamp(max=config.log_ratio_clamp)
+    value = torch.where(mask, torch.exp(log_value), _zero(log_value))
+    if validate:
+        overflow = mask & ~torch.isfinite(value)
+        if bool(overflow.any()):
+            idx = first_index(overflow)
+            dtype = str(value.dtype).replace("torch.", "")
+            raise ESPOInputError(
+                f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
+                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
+            )
+    if not log_r.requires_grad:
+        return value, clamped
+    live = mask & ~clamped
+    delta = torch.where(live, log_r - log_r.detach(), _zero(log_r))
+    return value * torch.exp(delta), clamped
+
+
+def clipped_surrogate(ratio, adv, eps_low, eps_high, trained):
+    """[ESPO-CLIPMASK] min(s A, clip(s, 1 - eps_low, 1 + eps_high) A) and the binding clips.
+
+    Clipped-high iff A > 0 and s > 1 + eps_high; clipped-low iff A < 0 and s < 1 - eps_low
+    (strict: a token on the boundary is not clipped). Clipped tokens have zero gradient.
+    The min is taken through these masks: s A where no clip binds (the min's value there),
+    the constant clip(s) A where one does, so autograd gives exactly the core's gradient,
+    boundary ties included.
+    """
+    r = ratio.detach()
+    lo = 1.0 - eps_low
+    hi = 1.0 + eps_high
+    clipped_high = trained & (adv > 0) & (r > hi)
+    clipped_low = trained & (adv < 0) & (r < lo)
+    surrogate = torch.where(clipped_high | clipped_low, torch.clamp(r, lo, hi) * adv, ratio * adv)
+    return torch.where(trained, surrogate, _zero(surrogate)), clipped_high, clipped_low
+
+
+def _aggregation_weights(groups, trained, mask, width, dtype, validate=True):
+    responses = mask.any(dim=1).sum()
+    if validate and not bool(responses > 0):
+        raise ESPOInputError("mask has no response token: the objective is undefined")
+    seg = Segments(groups, trained, width)
+    k = seg.groups_per_row()
+    size = seg.to_tokens(seg.counts)
+    denom = responses * k.clamp(min=1)[:, None] * torch.where(trained, size, 1)
+    weight = torch.where(trained, 1.0 / denom.to(dtype), torch.zeros((), dtype=dtype, device=groups.device))
+    return weight, k
+
+
+def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.float64,
+                        validate: bool = True) -> torch.Tensor:
+    """[ESPO-AGG] Eq. 5 weights: w_t = 1 / (N K_i |tau|) for trained tokens, else 0.
+
+    N = the responses with at least one response token, K_i = the trained non-empty
+    groups of response i, |tau| = the trained tokens of the token's group. ``dtype``
+    (keyword-only) defaults to the core's float64; the group count is read from the data
+    and the empty-batch check syncs.
+    """
+    return _aggregation_weights(groups, trained, mask, None, dtype, validate)[0]
+
+
+def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
+                 clipped_low, clamped, config: ESPOConfig, k=None) -> dict[str, float]:
+    """[ESPO-METRICS] Diagnostics of Figs. 3-5: clip fractions over all response tokens,
+    split into the high-entropy bucket (group 0) and the rest, and per-group epsilons.
+
+    Python floats: every count and sum is computed on the device and all of them cross to
+    the host in one transfer (one sync).
+    """
+    clipped = clipped_high | clipped_low
+    high = mask & (groups == HIGH_GROUP) if config.grouping != "token" else mask
+    low = mask & ~high
+    rows = mask.any(dim=1)
+    if k is None:
+        k = Segments(groups, trained).groups_per_row()
+    kl = torch.where(mask, torch.expm1(log_r) - log_r, _zero(log_r))
+
+    def total(values, where):
+        return torch.where(where, values, _zero(values)).sum()
+
+    counts = torch.stack([
+        mask.sum(), rows.sum(), clipped.sum(), clipped_high.sum(), clipped_low.sum(),
+        (clipped & high).sum(), high.sum(), (clipped & low).sum(), low.sum(),
+        (clamped & mask).sum(), trained.sum(), (k * rows).sum(),
+    ])
+    sums = torch.stack([
+        total(eps_high, high), total(eps_high, low), total(entropy, mask), total(entropy, high),
+        total(entropy, low), total(ratio, trained), total(kl, mask),
+    ])
+    host = torch.cat([counts.to(torch.float64), sums.to(torch.float64)]).tolist()
+    (tokens, responses, n_clip, n_high_clip, n_low_clip, n_clip_hi_bucket, n_hi_bucket,
+     n_clip_lo_bucket, n_lo_bucket, n_clamped, n_trained, k_sum) = (int(x) for x in host[:12])
+    eps_hi, eps_lo, ent_all, ent_hi, ent_lo, ratio_sum, kl_sum = host[12:]
+
+    def frac(num, den):  # a batch without tokens is rejected upstream unless validate=False
+        return num / den if den else float("nan")
+
+    def mean(num, count):
+        return num / count if count else 0.0
+
+    return {
+        "tokens": float(tokens),
+        "responses": float(responses),
+        "clipfrac": frac(n_clip, tokens),
+        "clipfrac_high": frac(n_high_clip, tokens),
+        "clipfrac_low": frac(n_low_clip, tokens),
+        "clipfrac_high_group": mean(n_clip_hi_bucket, n_hi_bucket),
+        "clipfrac_low_group": mean(n_clip_lo_bucket, n_lo_bucket),
+        "clamped_frac": frac(n_clamped, tokens),
+        "eps_mean_high_group": mean(eps_hi, n_hi_bucket),
+        "eps_mean_low_group": mean(eps_lo, n_lo_bucket),
+        "high_group_tokens": float(n_hi_bucket),
+        "low_group_tokens": float(n_lo_bucket),
+        "trained_tokens": float(n_trained),
+        "groups_mean": frac(k_sum, responses),
+        "entropy_mean": mean(ent_all, tokens),
+        "entropy_mean_high_group": mean(ent_hi, n_hi_bucket),
+        "entropy_mean_low_group": mean(ent_lo, n_lo_bucket),
+        "ratio_mean": mean(ratio_sum, n_trained),
+        "approx_kl": mean(kl_sum, tokens),
+    }
+
+
+def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
+              validate: bool = True) -> LossResult:
+    """[ESPO-OBJ] Eq. 5: loss = -J with J the mean over responses of the mean over groups of
+    the group token mean of min(s A, clip(s, 1 - eps_tau, 1 + eps_tau) A).
+
+    ``loss`` is a 0-d tensor; ``loss.backward()`` gives d loss / d logp through the
+    stop-gradients of Eq. 9 (entropy, old_logp and advantages are constants), equal to
+    the analytic ``grad`` field. Computed in float64 for float64 logp, else in float32
+    (bfloat16/float16 upcast); per-token fields are detached tensors of that dtype on
+    logp's device (other inputs are moved there). ``validate=True`` runs the core's checks
+    with its messages, at the cost of a few host syncs; ``validate=False`` skips them (no
+    sync in the loss; inputs the core rejects then give unspecified values). ``metrics``
+    are Python floats, fetched in one sync after the loss is built.
+    """
+    if not isinstance(config, ESPOConfig):
+        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
+    ent, _ = validate_entropy(entropy, m, config, device=lp.device, validate=validate)
+    check_shape(ent, "entropy", tuple(lp.shape), "logp")
+    dtype = lp.dtype
+    adv = advantages_2d(advantages, m, dtype, validate=validate)
+    width = group_width(config, lp.shape[1])
+
+    groups = _entropy_groups(ent, m, config)
+    trained = trained_tokens(groups, config)
+    ent = ent.to(dtype)
+    log_r = lp - olp
+    log_s = _group_log_ratio(log_r.detach(), groups, width)
+    ratio, clamped = token_ratio(log_s, log_r, m, config, validate=validate)
+    eps_low, eps_high = _clip_bounds(ent, groups, config, width)
+    surrogate, clipped_high, clipped_low = clipped_surrogate(ratio, adv, eps_low, eps_high, trained)
+    weight, k = _aggregation_weights(groups, trained, m, width, dtype, validate)
+
+    objective = torch.sum(weight * surrogate)
+    ratio = ratio.detach()
+    passes = trained & ~clipped_high & ~clipped_low & ~clamped
+    grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
+    log_r = log_r.detach()
+    metrics = espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high,
+                           clipped_low, clamped, config, k)
+    return LossResult(
+        loss=-objective,
+        grad=grad,
+        ratio=ratio,
+        clipped_high=clipped_high,
+        clipped_low=clipped_low,
+        metrics=metrics,
+        groups=groups,
+        eps=eps_high,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        log_ratio=torch.where(m, log_s, _zero(log_s)),
+        weight=weight,
+        trained=trained,
+        extras={"clamped": clamped},
+    )
