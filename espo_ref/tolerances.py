@@ -50,10 +50,12 @@ def compare(got, want, tol: Tolerance) -> dict:
         return {"ok": False, "reason": f"shape {got.shape} != {want.shape}", "bad": got.size, "n": want.size}
     diff = np.abs(got - want)
     both_inf = np.isinf(got) & np.isinf(want) & (np.sign(got) == np.sign(want))
-    diff = np.where(both_inf, 0.0, diff)
+    both_nan = np.isnan(got) & np.isnan(want)
+    diff = np.where(both_inf | both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))
     bound = tol.atol + tol.rtol * np.abs(want)
     bad = ~(diff <= bound)
-    rel = diff / np.maximum(np.abs(want), np.finfo(np.float64).tiny)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rel = diff / np.maximum(np.abs(want), np.finfo(np.float64).tiny)
     out = {
         "ok": not bad.any(),
         "max_abs": float(np.nanmax(diff)) if diff.size else 0.0,

@@ -1,0 +1,465 @@
+"""Golden vectors: the generated and hand-worked cases, their files and their manifest.
+
+Generated cases come from fixed seeds; their expected outputs are the numpy reference's,
+and the test suite checks every one of them against an independent loop-based oracle.
+Hand-worked cases are read from the spec's tables (exact values worked by hand).
+
+    python -m espo_ref.conformance.golden          # regenerate espo_ref/conformance/data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import SPEC_VERSION
+from ..tolerances import TOLERANCES
+from .arrays import checksum, decode, encode, round_to_dtype
+from .functions import FUNCTIONS, reference_outputs
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+MANIFEST = "manifest.json"
+
+VOCABS = (16, 1000, 151_936)
+
+
+@dataclass
+class GoldenCase:
+    """One case: a function, its inputs and config, the expected outputs and the tolerance."""
+
+    case_id: str
+    function: str
+    clauses: list[str]
+    dtype: str
+    inputs: dict[str, np.ndarray]
+    config: dict | None
+    kwargs: dict
+    expected: dict[str, Any]
+    source: str
+
+    def tolerance(self) -> dict:
+        backend = "numpy" if self.dtype == "float64" else "torch"
+        out = {}
+        for kind in ("value", "grad"):
+            tol = TOLERANCES[(backend, self.dtype, kind)]
+            out[kind] = {"rtol": tol.rtol, "atol": tol.atol}
+        return out
+
+    def to_json(self) -> dict:
+        expected: dict[str, Any] = {}
+        for key, value in self.expected.items():
+            if isinstance(value, np.ndarray):
+                expected[key] = encode(value)
+            elif isinstance(value, dict):
+                expected[key] = {k: _float(v) for k, v in value.items()}
+            elif isinstance(value, str):
+                expected[key] = value
+            else:
+                expected[key] = _float(value)
+        return {
+            "id": self.case_id,
+            "function": self.function,
+            "clauses": self.clauses,
+            "spec_version": SPEC_VERSION,
+            "dtype": self.dtype,
+            "config": self.config,
+            "kwargs": {k: _float(v) if isinstance(v, float) else v for k, v in self.kwargs.items()},
+            "inputs": {k: encode(v, self.dtype if v.dtype.kind == "f" else None) for k, v in self.inputs.items()},
+            "expected": expected,
+            "tolerance": self.tolerance(),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "GoldenCase":
+        expected: dict[str, Any] = {}
+        for key, value in obj["expected"].items():
+            if isinstance(value, dict) and "dtype" in value:
+                expected[key] = decode(value)
+            elif isinstance(value, dict):
+                expected[key] = {k: _unfloat(v) for k, v in value.items()}
+            elif key == "error":
+                expected[key] = value
+            else:
+                expected[key] = _unfloat(value)
+        return cls(
+            case_id=obj["id"], function=obj["function"], clauses=list(obj["clauses"]),
+            dtype=obj["dtype"], inputs={k: decode(v) for k, v in obj["inputs"].items()},
+            config=obj["config"], kwargs=dict(obj["kwargs"]), expected=expected, source=obj["source"],
+        )
+
+
+def _float(v):
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def _unfloat(v):
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v) if isinstance(v, str) else v
+
+
+# --- random inputs ------------------------------------------------------------------------
+
+
+def _mask(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """Right-padded rows of random length, with an empty row, L = 1 rows and holes."""
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[rng.integers(B)] = max(T, 1)
+    if B > 2:
+        lengths[rng.integers(B)] = 1
+    if B > 3 and rng.random() < 0.5:
+        lengths[rng.integers(B)] = 0
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    if rng.random() < 0.3:  # a non-contiguous response
+        row = int(np.argmax(lengths))
+        if lengths[row] > 2:
+            mask[row, rng.integers(1, lengths[row] - 1)] = False
+    if not mask.any():
+        mask[0, 0] = True
+    return mask
+
+
+def _entropy(rng: np.random.Generator, shape, vocab: int, ties: bool) -> np.ndarray:
+    log_v = math.log(vocab)
+    if ties:  # a few values only, with the bounds among them
+        levels = np.array([0.0, 0.25, 0.5, 0.5, 0.75, 1.0]) * log_v
+        return rng.choice(levels, size=shape)
+    return rng.uniform(0.0, log_v, size=shape)
+
+
+def _prompt_ids(rng: np.random.Generator, B: int) -> np.ndarray:
+    group = int(rng.integers(1, 5))
+    return np.arange(B) // group
+
+
+def _advantages(rng: np.random.Generator, B: int, T: int, kind: str) -> np.ndarray:
+    if kind == "token":  # per-token advantages: the stop-gradient matters
+        return rng.normal(size=(B, T))
+    if kind == "zero":
+        return np.zeros(B)
+    rewards = rng.integers(0, 2, size=B).astype(np.float64) + rng.normal(0, 0.1, size=B)
+    from .. import grpo_advantages
+
+    adv = grpo_advantages(rewards, _prompt_ids(rng, B))
+    if not np.any(adv):
+        adv = rng.normal(size=B)
+    return adv
+
+
+def _log_probs(rng: np.random.Generator, B: int, T: int, scale: float, clamp_rows: bool):
+    old = -rng.exponential(1.0, size=(B, T))
+    new = old + rng.normal(0.0, scale, size=(B, T))
+    if clamp_rows:  # drive one response far above the clamp of the log-ratio
+        new[rng.integers(B)] += 12.0
+    return new, old
+
+
+def _largest_at_most(x: float, dtype: str) -> float:
+    """The largest value representable in dtype that is <= x (keeps entropies <= log V)."""
+    r = float(round_to_dtype(np.array(x), dtype))
+    while r > x:
+        r = float(round_to_dtype(np.array(r - abs(r) * 2.0 ** -9), dtype)) if dtype == "bfloat16" else float(
+            np.nextafter(np.float32(r), np.float32(0)))
+    return r
+
+
+def _nan_padding(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, x, np.nan)
+
+
+# --- the case matrix ----------------------------------------------------------------------
+
+ESPO_VARIANTS: list[tuple[str, dict, list[str]]] = [
+    ("default", {}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("top30", {"top_fraction": 0.3}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("top28", {"top_fraction": 0.28}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    # L = 25 and 50 with rho = 0.28: the float product rho * L lands just above an integer
+    ("top28-long", {"top_fraction": 0.28}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("alpha10", {"alpha": 0.1, "top_fraction": 0.5}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("token-eps", {"eps_reading": "token_over_groups", "alpha": 0.05}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP-TOKEN", "ESPO-RATIO-TOKEN"]),
+    ("literal", {"ratio_form": "literal"}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-LITERAL"]),
+    ("batch", {"grouping": "batch_top_fraction"}, ["ESPO-GROUP-BATCH", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("ranges", {"grouping": "entropy_ranges", "entropy_edges": [0.3, 0.6, 0.9]}, ["ESPO-GROUP-RANGES", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("none", {"grouping": "none"}, ["ESPO-GROUP-NONE", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("token", {"grouping": "token"}, ["ESPO-GROUP-TOKEN", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("drop-low", {"drop_low_group": True}, ["ESPO-GROUP-TOPFRAC", "ESPO-GROUP-DROPLOW", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
+    ("fixed-seq", {"clip": "fixed", "eps_low": 3e-4, "eps_high": 4e-4}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP-FIXED", "ESPO-RATIO-TOKEN"]),
+    ("fixed-token", {"clip": "fixed", "eps_low": 0.2, "eps_high": 0.28}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP-FIXED", "ESPO-RATIO-TOKEN"]),
+    ("token-fixed", {"grouping": "token", "clip": "fixed", "eps_low": 0.2, "eps_high": 0.2}, ["ESPO-GROUP-TOKEN", "ESPO-CLIP-FIXED", "ESPO-RATIO-TOKEN"]),
+    ("no-clamp", {"log_ratio_clamp": None}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN", "ESPO-RATIO-CLAMP"]),
+]
+COMMON_ESPO_CLAUSES = ["ESPO-RATIO", "ESPO-OBJ", "ESPO-AGG", "ESPO-CLIPMASK", "ESPO-METRICS"]
+
+# Log-ratio noise scales: tiny (inside eps), moderate (clips on both sides), large.
+SCALES = (3e-3, 0.05, 0.5)
+
+
+def _clip_margin(expected: dict, inputs: dict, config: dict, dtype: str) -> bool:
+    """True when no decision of the case sits within float32 reach of a boundary."""
+    if dtype == "float64":
+        return True
+    margin = 1e-3  # bfloat16 inputs are exact and computed in float32 (torch backend contract)
+    ratio, eps = expected["ratio"], expected["eps"]
+    mask = inputs["mask"]
+    adv = inputs["advantages"]
+    adv = np.broadcast_to(adv[:, None], mask.shape) if adv.ndim == 1 else adv
+    live = mask & (adv != 0)
+    eps_low = np.full(mask.shape, config.get("eps_low", 3e-4)) if config.get("clip") == "fixed" else eps
+    near = live & ((np.abs(ratio - (1 + eps)) < margin * (1 + eps)) | (np.abs(ratio - (1 - eps_low)) < margin))
+    clamp = config.get("log_ratio_clamp", 10.0)
+    if clamp is not None:
+        near |= mask & (np.abs(expected["log_ratio"] - clamp) < 1e-2)
+    return not near.any()
+
+
+def _espo_cases() -> Iterator[GoldenCase]:
+    dtypes = [("float64", 4), ("float32", 1), ("bfloat16", 1)]
+    for v_index, (name, overrides, clauses) in enumerate(ESPO_VARIANTS):
+        for dtype, seeds in dtypes:
+            if name.endswith("-long") and dtype != "float64":
+                continue  # 50-token rows rarely keep every decision clear of a low-precision boundary
+            for seed in range(seeds):
+                for attempt in range(200):
+                    rng = np.random.default_rng([1, v_index, seed, attempt, len(dtype)])
+                    B, T = int(rng.integers(1, 7)), int(rng.integers(1, 17))
+                    vocab = VOCABS[seed % len(VOCABS)]
+                    mask = _mask(rng, B, T)
+                    if name.endswith("-long"):
+                        B, T = 3, 50
+                        mask = np.arange(T)[None, :] < np.array([25, 50, 25])[:, None]
+                    ties = seed % 2 == 0
+                    adv_kind = ("response", "token", "response", "zero")[seed % 4] if dtype == "float64" else "response"
+                    clamp_rows = name == "no-clamp" or (dtype == "float64" and seed == 1)
+                    logp, old = _log_probs(rng, B, T, SCALES[(seed + v_index) % 3], clamp_rows and name != "no-clamp")
+                    entropy = _entropy(rng, (B, T), vocab, ties)
+                    adv = _advantages(rng, B, T, adv_kind)
+                    logp, old, entropy, adv = (round_to_dtype(x, dtype) for x in (logp, old, entropy, adv))
+                    entropy = np.minimum(entropy, _largest_at_most(math.log(vocab), dtype))
+                    if seed == 3:  # padding holds garbage: it must not leak
+                        logp, old, entropy = (_nan_padding(x, mask) for x in (logp, old, entropy))
+                    config = {"vocab_size": vocab, **overrides}
+                    inputs = {"logp": logp, "old_logp": old, "entropy": entropy, "mask": mask, "advantages": adv}
+                    expected = reference_outputs(FUNCTIONS["espo_loss"], inputs, config, {})
+                    if _clip_margin(expected, inputs, config, dtype):
+                        break
+                else:
+                    raise RuntimeError(f"no well-conditioned draw for espo_loss/{name}/{dtype}/{seed}")
+                case_clauses = list(clauses) + COMMON_ESPO_CLAUSES + ["ESPO-INPUT"] * (seed == 3)
+                if np.any(inputs["logp"][mask] - inputs["old_logp"][mask] > 5) and "ESPO-RATIO-CLAMP" not in case_clauses:
+                    case_clauses.append("ESPO-RATIO-CLAMP")
+                yield GoldenCase(f"espo_loss/{name}/{dtype}/{seed}", "espo_loss", case_clauses, dtype,
+                                 inputs, config, {}, expected, f"generated: seed [1, {v_index}, {seed}, {attempt}]")
+
+
+def _component_cases() -> Iterator[GoldenCase]:
+    # token_entropy [ESPO-ENT]
+    for seed in range(8):
+        rng = np.random.default_rng([2, seed])
+        V = int(rng.choice([2, 7, 50, 1000]))
+        scale = (0.1, 1.0, 10.0, 100.0)[seed % 4]
+        logits = rng.normal(0, scale, size=(int(rng.integers(1, 5)), int(rng.integers(1, 6)), V))
+        if seed % 3 == 0:
+            logits[..., 0] = -np.inf
+        temperature = (1.0, 0.7, 1.3, 2.0)[seed % 4]
+        inputs = {"logits": logits}
+        yield _component("token_entropy", f"token_entropy/{seed}", ["ESPO-ENT"], inputs, None, {"temperature": temperature})
+    # high_group_size [ESPO-GROUP-TOPFRAC]: decimal-exact ceil, clamping, L = 0
+    for i, rho in enumerate((0.2, 0.28, 0.07, 0.14, 0.56, 0.01, 1.0, 0.3)):
+        lengths = np.array([0, 1, 2, 3, 5, 7, 10, 25, 50, 75, 100, 150, 16384], dtype=np.int64)
+        yield _component("high_group_size", f"high_group_size/{i}", ["ESPO-GROUP-TOPFRAC"], {"lengths": lengths},
+                         None, {"top_fraction": rho})
+    # entropy_groups, group_clip_eps, group_log_ratio
+    grouping_clauses = {"top_fraction": "ESPO-GROUP-TOPFRAC", "batch_top_fraction": "ESPO-GROUP-BATCH",
+                        "entropy_ranges": "ESPO-GROUP-RANGES", "none": "ESPO-GROUP-NONE", "token": "ESPO-GROUP-TOKEN"}
+    for g_index, (grouping, clause) in enumerate(grouping_clauses.items()):
+        for seed in range(4):
+            rng = np.random.default_rng([3, g_index, seed])
+            B, T = int(rng.integers(1, 7)), int(rng.integers(1, 30))
+            vocab = VOCABS[seed % 3]
+            mask = _mask(rng, B, T)
+            entropy = _entropy(rng, (B, T), vocab, ties=seed % 2 == 0)
+            config = {"vocab_size": vocab, "grouping": grouping, "top_fraction": (0.2, 0.28, 0.5, 0.07)[seed]}
+            if grouping == "entropy_ranges":
+                config["entropy_edges"] = [0.25, 0.5, 0.75]
+            yield _component("entropy_groups", f"entropy_groups/{grouping}/{seed}", ["ESPO-GROUP", clause],
+                             {"entropy": entropy, "mask": mask}, config, {})
+            groups = FUNCTIONS["entropy_groups"].reference()(entropy, mask, FUNCTIONS["entropy_groups"].make_config(config))
+            for reading, eps_clause in (("group_mean", "ESPO-CLIP"), ("token_over_groups", "ESPO-CLIP-TOKEN")):
+                cfg = {**config, "eps_reading": reading, "alpha": 0.02}
+                yield _component("group_clip_eps", f"group_clip_eps/{grouping}/{reading}/{seed}", [eps_clause],
+                                 {"entropy": entropy, "groups": groups}, cfg, {})
+            logp, old = _log_probs(rng, B, T, SCALES[seed % 3], False)
+            yield _component("group_log_ratio", f"group_log_ratio/{grouping}/{seed}", ["ESPO-RATIO"],
+                             {"logp": logp, "old_logp": old, "groups": groups}, None, {})
+    # grpo_advantages [ESPO-ADV]
+    for seed in range(12):
+        rng = np.random.default_rng([4, seed])
+        B = int(rng.integers(1, 17))
+        rewards = rng.integers(0, 3, size=B).astype(np.float64) * (0.5 if seed % 2 else 1.0)
+        prompt_ids = np.sort(rng.integers(0, max(1, B // 3), size=B))
+        valid = rng.random(B) > (0.0 if seed < 4 else 0.25)
+        kwargs = {"ddof": (1, 0)[seed % 2 if seed >= 6 else 0], "eps": (1e-6, 1e-4, 0.0)[seed % 3]}
+        yield _component("grpo_advantages", f"grpo_advantages/{seed}", ["ESPO-ADV"],
+                         {"rewards": rewards, "prompt_ids": prompt_ids, "valid": valid}, None, kwargs)
+
+
+def _component(function, case_id, clauses, inputs, config, kwargs) -> GoldenCase:
+    expected = reference_outputs(FUNCTIONS[function], inputs, config, kwargs)
+    return GoldenCase(case_id, function, clauses, "float64", inputs, config, kwargs, expected, "generated")
+
+
+BASELINE_VARIANTS: list[tuple[str, str, dict, list[str]]] = [
+    ("grpo_loss", "default", {}, ["BASE-GRPO"]),
+    ("grpo_loss", "dual-clip", {"dual_clip": 3.0}, ["BASE-GRPO", "BASE-GRPO-DUALCLIP"]),
+    ("grpo_loss", "token-mean", {"loss_agg_mode": "token-mean"}, ["BASE-GRPO", "BASE-AGG"]),
+    ("grpo_loss", "token-sum", {"loss_agg_mode": "seq-mean-token-sum"}, ["BASE-GRPO", "BASE-AGG"]),
+    ("grpo_loss", "token-sum-norm", {"loss_agg_mode": "seq-mean-token-sum-norm", "max_len": 32}, ["BASE-GRPO", "BASE-AGG"]),
+    ("dapo_loss", "default", {}, ["BASE-DAPO"]),
+    ("gspo_loss", "default", {}, ["BASE-GSPO"]),
+    ("gspo_loss", "wide", {"eps_low": 0.05, "eps_high": 0.05}, ["BASE-GSPO"]),
+    ("gspo_loss", "sequence", {"level": "sequence", "eps_low": 0.05, "eps_high": 0.05}, ["BASE-GSPO", "BASE-GSPO-SEQ"]),
+    ("gmpo_loss", "default", {}, ["BASE-GMPO"]),
+    ("cispo_loss", "default", {}, ["BASE-CISPO"]),
+    ("cispo_loss", "tight", {"eps_low": 0.2, "eps_high": 0.28}, ["BASE-CISPO"]),
+]
+
+
+def _baseline_cases() -> Iterator[GoldenCase]:
+    for v_index, (function, name, config, clauses) in enumerate(BASELINE_VARIANTS):
+        for dtype, seeds in (("float64", 3), ("float32", 1), ("bfloat16", 1)):
+            for seed in range(seeds):
+                rng = np.random.default_rng([5, v_index, seed, len(dtype)])
+                B, T = int(rng.integers(1, 7)), int(rng.integers(1, 17))
+                mask = _mask(rng, B, T)
+                logp, old = _log_probs(rng, B, T, (0.05, 0.3, 1.0)[seed], False)
+                adv = _advantages(rng, B, T, ("response", "token", "response")[seed] if dtype == "float64" else "response")
+                logp, old, adv = (round_to_dtype(x, dtype) for x in (logp, old, adv))
+                inputs = {"logp": logp, "old_logp": old, "mask": mask, "advantages": adv}
+                expected = reference_outputs(FUNCTIONS[function], inputs, config, {})
+                yield GoldenCase(f"{function}/{name}/{dtype}/{seed}", function, clauses + ["BASE-METRICS"], dtype,
+                                 inputs, dict(config), {}, expected, f"generated: seed [5, {v_index}, {seed}]")
+
+
+def _handworked_cases() -> Iterator[GoldenCase]:
+    """The spec's hand-worked cases: inputs and expected values from the spec text only."""
+    from .handworked import TOKEN_INPUTS, evaluate, load_cases, token_arrays
+
+    for case in load_cases():
+        spec = FUNCTIONS.get(case.function)
+        if spec is None:
+            continue
+        expected: dict[str, Any] = {}
+        config = dict(case.config) if case.config else None
+        kwargs: dict = {}
+        errors = [e for e in case.expects if e[1] == "~"]
+        if spec.name in ("token_entropy", "high_group_size", "grpo_advantages"):
+            continue  # row-wise tables; covered by their own generated cases and tests
+        arrays, mask, keys = token_arrays(case, TOKEN_INPUTS)
+        inputs = {k: arrays[k] for k in ("logp", "old_logp", "entropy") if k in arrays and k in spec.inputs}
+        inputs["mask"] = mask
+        if "advantages" in spec.inputs:
+            inputs["advantages"] = arrays["adv"]
+        if errors:
+            expected["error"] = errors[0][2]
+        else:
+            for name, _, expr in case.expects:
+                if name == "loss":
+                    expected["loss"] = float(evaluate(expr))
+                elif name.startswith("metrics."):
+                    expected.setdefault("metrics", {})[name.split(".", 1)[1]] = float(evaluate(expr))
+            padding = {"groups": -1, "clipped": "-"}
+            for column in ("groups", "eps", "log_ratio", "ratio", "grad", "clipped"):
+                if column not in case.header:
+                    continue
+                fill = padding.get(column, 0.0)
+                values = np.full(mask.shape, fill, dtype=object)
+                for (b, t), row in zip(keys, case.rows):
+                    if mask[b, t]:
+                        values[b, t] = row[column] if column == "clipped" else evaluate(row[column])
+                if column == "clipped":
+                    expected["clipped_high"] = (values == "H").astype(bool)
+                    expected["clipped_low"] = (values == "L").astype(bool)
+                elif column == "groups":
+                    expected["groups"] = values.astype(np.int64)
+                else:
+                    expected[column] = values.astype(np.float64)
+        if spec.is_loss is False and spec.output not in expected and not errors:
+            continue
+        yield GoldenCase(f"handworked/{case.case_id}", spec.name, case.clauses, "float64", inputs,
+                         config, kwargs, expected, f"handworked: specs/{case.source}")
+
+
+def build_cases() -> list[GoldenCase]:
+    return [*_handworked_cases(), *_component_cases(), *_espo_cases(), *_baseline_cases()]
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def write(cases: list[GoldenCase], folder: Path = DATA_DIR) -> None:
+    """Write one JSON file per function and the manifest, each atomically."""
+    from .._io import write_atomic
+
+    by_function: dict[str, list[dict]] = {}
+    entries = []
+    for case in cases:
+        obj = case.to_json()
+        by_function.setdefault(case.function, []).append(obj)
+        entries.append({
+            "id": case.case_id, "function": case.function, "clauses": case.clauses,
+            "spec_version": SPEC_VERSION, "config": case.config, "dtype": case.dtype,
+            "shapes": {k: list(v.shape) for k, v in case.inputs.items()},
+            "tolerance": obj["tolerance"], "file": f"{case.function}.json", "sha256": checksum(obj),
+            "source": case.source,
+        })
+    folder.mkdir(parents=True, exist_ok=True)
+    for function, objs in sorted(by_function.items()):
+        write_atomic(folder / f"{function}.json", json.dumps(objs, indent=0, sort_keys=True, allow_nan=False) + "\n")
+    manifest = {
+        "spec_version": SPEC_VERSION,
+        "format": "espo-ref golden vectors v1: JSON arrays {dtype, shape, data}, row-major; "
+                  "non-finite floats as the strings NaN, Infinity, -Infinity",
+        "tolerances": [{"backend": b, "dtype": d, "kind": k, "rtol": t.rtol, "atol": t.atol, "reason": t.reason}
+                       for (b, d, k), t in TOLERANCES.items()],
+        "cases": entries,
+    }
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def load(folder: Path = DATA_DIR, verify: bool = True) -> list[GoldenCase]:
+    """Read the cases listed in the manifest; with ``verify``, check every checksum."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    files: dict[str, dict[str, dict]] = {}
+    cases = []
+    for entry in manifest["cases"]:
+        if entry["file"] not in files:
+            objs = json.loads((folder / entry["file"]).read_text())
+            files[entry["file"]] = {o["id"]: o for o in objs}
+        obj = files[entry["file"]][entry["id"]]
+        if verify and checksum(obj) != entry["sha256"]:
+            raise ValueError(f"golden case {entry['id']} does not match its manifest checksum")
+        cases.append(GoldenCase.from_json(obj))
+    return cases
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate the golden vectors.")
+    parser.add_argument("--out", type=Path, default=DATA_DIR)
+    args = parser.parse_args(argv)
+    cases = build_cases()
+    write(cases, args.out)
+    print(f"wrote {len(cases)} cases to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
