@@ -1,0 +1,94 @@
+"""Deliberately wrong implementations of ESPO: each must FAIL the conformance runner, and the
+failure must name the clause it breaks. Each mutant changes one pinned decision of the spec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import numpy as np
+
+import espo_ref
+import espo_ref.grouping as grouping
+import espo_ref.objective as objective
+from espo_ref._segments import Segments
+
+
+@contextlib.contextmanager
+def patched(module, name: str, replacement):
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _with_patch(module, name, replacement) -> Callable:
+    def loss(logp, old_logp, entropy, mask, advantages, config):
+        with patched(module, name, replacement):
+            return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+    return loss
+
+
+def _with_config(**changes) -> Callable:
+    def loss(logp, old_logp, entropy, mask, advantages, config):
+        return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config.replace(**changes))
+    return loss
+
+
+def _n_high_floor(lengths, top_fraction):
+    lengths = np.asarray(lengths)
+    return np.minimum(np.maximum(np.floor(top_fraction * lengths).astype(np.int64), 1), lengths)
+
+
+def _n_high_float_ceil(lengths, top_fraction):
+    lengths = np.asarray(lengths)
+    return np.minimum(np.maximum(np.ceil(top_fraction * lengths).astype(np.int64), 1), lengths)
+
+
+def _rank_later_first(key, axis):
+    """Ties broken by the later position: a stable sort of the reversed axis."""
+    flipped = np.flip(key, axis=axis)
+    order = np.argsort(-flipped, axis=axis, kind="stable")
+    order = key.shape[axis] - 1 - order
+    rank = np.empty_like(order)
+    positions = np.broadcast_to(
+        np.arange(key.shape[axis]).reshape([-1 if a == axis else 1 for a in range(key.ndim)]), order.shape)
+    np.put_along_axis(rank, order, positions, axis=axis)
+    return rank
+
+
+def _token_mean_weights(groups, trained, mask):
+    count = trained.sum()
+    if count == 0:
+        raise espo_ref.ESPOInputError("mask has no response token: the objective is undefined")
+    return np.where(trained, 1.0 / count, 0.0)
+
+
+def _grad_through_stop_gradient(logp, old_logp, entropy, mask, advantages, config):
+    """Differentiates s_tau through Eq. 10 for every token of the group (no stop-gradient)."""
+    result = espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+    seg = Segments(result.groups, result.trained)
+    per_group = seg.sums(result.grad) / np.maximum(seg.counts, 1)
+    grad = np.where(result.trained, per_group[seg.seg], 0.0)
+    return type(result)(**{**result.__dict__, "grad": grad})
+
+
+def _advantages_without_bessel(rewards, prompt_ids, valid=None, ddof=1, eps=1e-6):
+    return espo_ref.grpo_advantages(rewards, prompt_ids, valid, ddof=0, eps=eps)
+
+
+# name -> (function the mutant implements, mutant, the clause its failure must name)
+MUTANTS: dict[str, tuple[str, Callable, str]] = {
+    "std-without-bessel": ("grpo_advantages", _advantages_without_bessel, "ESPO-ADV"),
+    "n-high-floor": ("espo_loss", _with_patch(grouping, "high_group_size", _n_high_floor), "ESPO-GROUP-TOPFRAC"),
+    "n-high-float-ceil": ("espo_loss", _with_patch(grouping, "high_group_size", _n_high_float_ceil), "ESPO-GROUP-TOPFRAC"),
+    "ties-later-first": ("espo_loss", _with_patch(grouping, "_rank_descending", _rank_later_first), "ESPO-GROUP-TOPFRAC"),
+    "eq9-literal": ("espo_loss", _with_config(ratio_form="literal"), "ESPO-RATIO-TOKEN"),
+    "eps-per-token": ("espo_loss", _with_config(eps_reading="token_over_groups"), "ESPO-CLIP"),
+    "token-mean-aggregation": ("espo_loss", _with_patch(objective, "aggregation_weights", _token_mean_weights), "ESPO-AGG"),
+    "no-clamp": ("espo_loss", _with_config(log_ratio_clamp=None), "ESPO-RATIO-CLAMP"),
+    "grad-through-stop-gradient": ("espo_loss", _grad_through_stop_gradient, "ESPO-RATIO-TOKEN"),
+}
