@@ -114,7 +114,7 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s_ptr, u_ptr, zt_ptr,
         e = tl.where(col_ok[None, :], tl.exp(d), 0.0)
         alpha = tl.exp(m - m_new)
         # rescale: u' = alpha * (u + s * (m - m_new)); s == 0 before the first tile.
-        u = alpha * (u + tl.where(s > 0, s * (m - m_new), 0.0)) + tl.sum(e * d, axis=1)
+        u = alpha * (u + s * tl.where(s > 0, m - m_new, 0.0)) + tl.sum(e * d, axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new
     out = pid_s * N + rows
@@ -158,7 +158,7 @@ def _flags(hidden: torch.Tensor) -> tuple[bool, bool]:
 
 
 def _merge(m, s, u, zt):
-    """Merge per-slice (m, s, u, z_target) [n_splits, N] into (lse, logp, entropy) [N]."""
+    """Merge per-slice (m, s, u, z_target) [n_splits, N] into (logp, entropy, lse) [N]."""
     top = m.max(dim=0).values
     w = torch.exp(m - top)
     big_s = (w * s).sum(dim=0)
@@ -166,7 +166,7 @@ def _merge(m, s, u, zt):
     lse = top + torch.log(big_s)
     logp = zt.sum(dim=0) - lse
     entropy = (torch.log(big_s) - big_u / big_s).clamp_min(0.0)
-    return lse, logp, entropy
+    return logp, entropy, lse
 
 
 def forward(hidden, weight, bias, targets, temperature: float, overrides: dict | None = None):
