@@ -37,7 +37,13 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     _, prompt = np.unique(ids, return_inverse=True)
     prompt = prompt.reshape(-1)
     n = np.bincount(prompt, weights=v.astype(np.float64))
-    mu = np.bincount(prompt, weights=r) / np.maximum(n, 1)
+    # Mean about a per-prompt shift (its largest valid reward): equal rewards then give
+    # R - mu = 0 exactly, where a plain float mean (0.1 + 0.1 + 0.1) / 3 != 0.1 would not.
+    shift = np.full(n.shape, -np.inf)
+    np.maximum.at(shift, prompt[v], r[v])
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    offset = np.where(v, r - shift[prompt], 0.0)
+    mu = shift + np.bincount(prompt, weights=offset) / np.maximum(n, 1)
     dev = np.where(v, r - mu[prompt], 0.0)
     var = np.bincount(prompt, weights=dev * dev) / np.maximum(n - ddof, 1)
     sigma = np.sqrt(var)

@@ -60,7 +60,13 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
         return torch.zeros(P, dtype=dtype, device=r.device).index_add(0, prompt, values)
 
     n = per_prompt(v.to(dtype))
-    mu = per_prompt(r) / n.clamp(min=1)
+    # Mean about a per-prompt shift (its largest valid reward), as the numpy core: equal
+    # rewards then give R - mu = 0 exactly.
+    neg_inf = torch.full((), -math.inf, dtype=dtype, device=r.device)
+    shift = torch.full((P,), -math.inf, dtype=dtype, device=r.device).scatter_reduce(
+        0, prompt, torch.where(v, r, neg_inf), reduce="amax")
+    shift = torch.where(torch.isfinite(shift), shift, zero)
+    mu = shift + per_prompt(torch.where(v, r - shift[prompt], zero)) / n.clamp(min=1)
     dev = torch.where(v, r - mu[prompt], zero)
     var = per_prompt(dev * dev) / (n - ddof).clamp(min=1)
     sigma = torch.sqrt(var)
