@@ -1,0 +1,187 @@
+"""[ESPO-INPUT] Every bad input raises ESPOInputError with the numpy core's message, word for
+word, from the torch backend (a table: one row per bad input, the same values given to
+both backends)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import espo_ref as core  # noqa: E402
+import espo_ref.torch as et  # noqa: E402
+from espo_ref.errors import ESPOInputError  # noqa: E402
+
+CFG = core.ESPOConfig(vocab_size=16)
+B, T = 3, 4
+
+
+def good():
+    rng = np.random.default_rng(0)
+    logp = rng.uniform(-3, 0, (B, T))
+    mask = np.ones((B, T), dtype=bool)
+    mask[2, 2:] = False
+    return dict(logp=logp, old_logp=logp - 0.01, entropy=rng.uniform(0, 2, (B, T)), mask=mask,
+                advantages=np.array([1.0, -0.5, 0.3]))
+
+
+def with_(**changes):
+    out = good()
+    for key, fn in changes.items():
+        out[key] = fn(out[key])
+    return out
+
+
+def put(idx, value):
+    def fn(a):
+        a = np.array(a, dtype=np.result_type(a, type(value)) if not isinstance(value, float) else a.dtype)
+        a[idx] = value
+        return a
+    return fn
+
+
+LOSS_CASES = {
+    "logp_1d": with_(logp=lambda a: a[0]),
+    "logp_bool": with_(logp=lambda a: a > -1),
+    "logp_complex": with_(logp=lambda a: a.astype(np.complex128)),
+    "logp_object": with_(logp=lambda a: a.astype(object)),
+    "old_logp_shape": with_(old_logp=lambda a: a[:, :2]),
+    "old_logp_bool": with_(old_logp=lambda a: a > -1),
+    "mask_shape": with_(mask=lambda a: a[:2]),
+    "mask_int_2": with_(mask=lambda a: np.where(np.arange(T) == 3, 2, a.astype(np.int64))),
+    "mask_float_half": with_(mask=lambda a: np.where(np.arange(T) == 1, 0.5, a.astype(np.float32))),
+    "mask_nan": with_(mask=lambda a: np.where(np.arange(T) == 0, np.nan, a.astype(np.float64))),
+    "mask_complex": with_(mask=lambda a: a.astype(np.complex64)),
+    "logp_nan": with_(logp=put((1, 2), np.nan)),
+    "logp_inf": with_(logp=put((0, 0), -np.inf)),
+    "old_logp_inf": with_(old_logp=put((2, 1), np.inf)),
+    "entropy_nan": with_(entropy=put((0, 3), np.nan)),
+    "entropy_negative": with_(entropy=put((1, 1), -1e-3)),
+    "entropy_above_log_v": with_(entropy=put((1, 0), np.log(16) + 1e-3)),
+    "entropy_shape": with_(entropy=lambda a: a[:, :3]),
+    "entropy_1d": with_(entropy=lambda a: a[0]),
+    "advantages_length": with_(advantages=lambda a: a[:2]),
+    "advantages_2d_shape": with_(advantages=lambda a: np.ones((B, T + 1))),
+    "advantages_3d": with_(advantages=lambda a: np.ones((B, T, 1))),
+    "advantages_nan_response": with_(advantages=put(1, np.nan)),
+    "advantages_nan_token": with_(advantages=lambda a: np.where(np.arange(T) == 2, np.nan, np.ones((B, T)))),
+    "advantages_bool": with_(advantages=lambda a: a > 0),
+    "no_response_token": with_(mask=lambda a: np.zeros_like(a)),
+}
+
+
+def _messages(fn_numpy, fn_torch):
+    with pytest.raises(ESPOInputError) as want:
+        fn_numpy()
+    with pytest.raises(ESPOInputError) as got:
+        fn_torch()
+    return str(got.value), str(want.value)
+
+
+def tensor(x, device):
+    arr = np.asarray(x)
+    if arr.dtype.kind in "OUS":
+        return arr  # torch cannot hold it: the backend is given the numpy array
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(LOSS_CASES))
+def test_espo_loss_error_messages_equal_numpy_ESPO_INPUT(case, device):
+    """[ESPO-INPUT] espo_loss: same error type and message as the core for each bad input."""
+    a = LOSS_CASES[case]
+    got, want = _messages(
+        lambda: core.espo_loss(a["logp"], a["old_logp"], a["entropy"], a["mask"], a["advantages"], CFG),
+        lambda: et.espo_loss(*(tensor(a[k], device) for k in ("logp", "old_logp", "entropy", "mask", "advantages")),
+                             CFG))
+    assert got == want
+
+
+def test_espo_loss_config_and_overflow_errors_equal_numpy_ESPO_INPUT():
+    """[ESPO-INPUT] [ESPO-RATIO-CLAMP] a non-config, and a float64 ratio that overflows
+    without a clamp, give the core's messages."""
+    a = good()
+    args = [a[k] for k in ("logp", "old_logp", "entropy", "mask", "advantages")]
+    targs = [torch.from_numpy(x) for x in args]
+    assert _messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
+                     lambda: et.espo_loss(*targs, {"vocab_size": 16}))[0].startswith("config must be")
+    got, want = _messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
+                          lambda: et.espo_loss(*targs, {"vocab_size": 16}))
+    assert got == want
+    big = with_(old_logp=lambda x: x - 800.0)
+    cfg = CFG.replace(log_ratio_clamp=None)
+    args = [big[k] for k in ("logp", "old_logp", "entropy", "mask", "advantages")]
+    got, want = _messages(lambda: core.espo_loss(*args, cfg),
+                          lambda: et.espo_loss(*(torch.from_numpy(x) for x in args), cfg))
+    assert got == want and "overflows float64" in got
+
+
+def test_espo_loss_float32_overflow_names_float32_ESPO_RATIO_CLAMP():
+    """[ESPO-RATIO-CLAMP] without a clamp, a float32 ratio overflows near exp(88.7) where the
+    float64 core would not: the backend raises the core's message naming float32."""
+    a = with_(old_logp=lambda x: x - 100.0)
+    args = [torch.from_numpy(a[k]).float() for k in ("logp", "old_logp", "entropy")]
+    with pytest.raises(ESPOInputError, match="overflows float32 at response position"):
+        et.espo_loss(*args, torch.from_numpy(a["mask"]), torch.from_numpy(a["advantages"]),
+                     CFG.replace(log_ratio_clamp=None))
+
+
+def test_component_error_messages_equal_numpy_ESPO_INPUT():
+    """[ESPO-INPUT] [ESPO-GROUP] [ESPO-CLIP] [ESPO-RATIO] [ESPO-ENT] [ESPO-ADV]
+    [ESPO-GROUP-TOPFRAC] the building blocks' checks, message for message."""
+    a = good()
+    g = core.entropy_groups(a["entropy"], a["mask"], CFG)
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in a.items()}
+    tg = torch.from_numpy(g)
+    rows = [
+        (lambda: core.entropy_groups(a["entropy"], a["mask"] * 3, CFG),
+         lambda: et.entropy_groups(t["entropy"], t["mask"].long() * 3, CFG)),
+        (lambda: core.entropy_groups(a["entropy"], a["mask"], None),
+         lambda: et.entropy_groups(t["entropy"], t["mask"], None)),
+        (lambda: core.high_group_size(np.array([3, -1]), 0.2),
+         lambda: et.high_group_size(torch.tensor([3, -1]), 0.2)),
+        (lambda: core.high_group_size(np.array([3.0]), 0.2),
+         lambda: et.high_group_size(torch.tensor([3.0], dtype=torch.float64), 0.2)),
+        (lambda: core.high_group_size(np.array([3]), 1.5),
+         lambda: et.high_group_size(torch.tensor([3]), 1.5)),
+        (lambda: core.group_clip_eps(a["entropy"], g.astype(float), CFG),
+         lambda: et.group_clip_eps(t["entropy"], tg.double(), CFG)),
+        (lambda: core.group_clip_eps(a["entropy"], g[:, :2], CFG),
+         lambda: et.group_clip_eps(t["entropy"], tg[:, :2], CFG)),
+        (lambda: core.group_clip_eps(a["entropy"], g - 2, CFG),
+         lambda: et.group_clip_eps(t["entropy"], tg - 2, CFG)),
+        (lambda: core.group_clip_eps(np.where(g == 0, np.inf, a["entropy"]), g, CFG),
+         lambda: et.group_clip_eps(torch.where(tg == 0, torch.inf, t["entropy"]), tg, CFG)),
+        (lambda: core.group_log_ratio(a["logp"], a["old_logp"][:2], g),
+         lambda: et.group_log_ratio(t["logp"], t["old_logp"][:2], tg)),
+        (lambda: core.group_log_ratio(np.where(g == 1, np.nan, a["logp"]), a["old_logp"], g),
+         lambda: et.group_log_ratio(torch.where(tg == 1, torch.nan, t["logp"]), t["old_logp"], tg)),
+        (lambda: core.token_entropy(np.ones((2, 3), dtype=bool)),
+         lambda: et.token_entropy(torch.ones(2, 3, dtype=torch.bool))),
+        (lambda: core.token_entropy(np.ones((2, 0))), lambda: et.token_entropy(torch.ones(2, 0))),
+        (lambda: core.token_entropy(np.ones((2, 3)), 0.0), lambda: et.token_entropy(torch.ones(2, 3), 0.0)),
+        (lambda: core.token_entropy(np.array([[0.0, np.nan], [1.0, 2.0]])),
+         lambda: et.token_entropy(torch.tensor([[0.0, np.nan], [1.0, 2.0]]))),
+        (lambda: core.token_entropy(np.array([[0.0, 1.0], [-np.inf, -np.inf]])),
+         lambda: et.token_entropy(torch.tensor([[0.0, 1.0], [-np.inf, -np.inf]]))),
+        (lambda: core.grpo_advantages(np.ones(3), np.zeros(2, dtype=int)),
+         lambda: et.grpo_advantages(torch.ones(3), torch.zeros(2, dtype=torch.int64))),
+        (lambda: core.grpo_advantages(np.ones(3), np.zeros(3)),
+         lambda: et.grpo_advantages(torch.ones(3), torch.zeros(3, dtype=torch.float64))),
+        (lambda: core.grpo_advantages(np.ones(3), np.zeros(3, dtype=int), np.array([1, 2, 0])),
+         lambda: et.grpo_advantages(torch.ones(3), torch.zeros(3, dtype=torch.int64), torch.tensor([1, 2, 0]))),
+        (lambda: core.grpo_advantages(np.ones(3), np.zeros(3, dtype=int), ddof=2),
+         lambda: et.grpo_advantages(torch.ones(3), torch.zeros(3, dtype=torch.int64), ddof=2)),
+        (lambda: core.grpo_advantages(np.ones(3), np.zeros(3, dtype=int), eps=-1.0),
+         lambda: et.grpo_advantages(torch.ones(3), torch.zeros(3, dtype=torch.int64), eps=-1.0)),
+        (lambda: core.grpo_advantages(np.array([1.0, np.nan, 0.0]), np.zeros(3, dtype=int)),
+         lambda: et.grpo_advantages(torch.tensor([1.0, np.nan, 0.0], dtype=torch.float64),
+                                    torch.zeros(3, dtype=torch.int64))),
+    ]
+    for i, (fn_numpy, fn_torch) in enumerate(rows):
+        got, want = _messages(fn_numpy, fn_torch)
+        assert got == want, f"row {i}"
