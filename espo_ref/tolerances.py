@@ -29,6 +29,19 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
     ("torch", "float32", "grad"): Tolerance(2e-4, 1e-7, "float32 gradient; clip decisions are taken on float32 values"),
     ("torch", "bfloat16", "value"): Tolerance(1e-2, 1e-3, "bfloat16 inputs (8-bit mantissa) upcast to float32 inside"),
     ("torch", "bfloat16", "grad"): Tolerance(1e-1, 1e-3, "bfloat16 inputs; gradient returned in bfloat16"),
+    # espo_ref.torch.token_logprobs_and_entropy[_from_logits] [ESPO-ENT] vs float64 log_softmax of the same
+    # (already rounded) inputs. Values are checked on logits bounded by |z| <= 100 (the tests' bound);
+    # gradients are compared after dividing got and want by max|want| of the tensor (its scale).
+    ("torch-logprob", "float64", "value"): Tolerance(1e-12, 1e-12, "float64 throughout; z_y - lse cancels to a few ulp(100) ~ 1e-14"),
+    ("torch-logprob", "float64", "grad"): Tolerance(1e-12, 1e-12, "float64 throughout, relative to max|want|"),
+    ("torch-logprob", "float32", "value"): Tolerance(1e-5, 5e-5, "float32 logits |z| <= 100: z_y - lse and lse - sum p z cancel to a few ulp(100) ~ 3e-5"),
+    ("torch-logprob", "float32", "grad"): Tolerance(1e-4, 1e-5, "relative to max|want|: float32 softmax, products over V and N rows"),
+    ("torch-logprob", "bfloat16", "value"): Tolerance(1e-5, 5e-5, "bf16 inputs are exact in float32 and the product is kept in float32 (never rounded to bf16): as float32"),
+    ("torch-logprob", "bfloat16", "grad"): Tolerance(2e-2, 1e-2, "relative to max|want|: onehot - p rounded to bf16 for the bf16 product (2^-9), gradient returned in bf16 (2^-9)"),
+    ("triton-logprob", "float32", "value"): Tolerance(1e-5, 5e-5, "fused kernel: float32 tl.dot (ieee) and online log-sum-exp, as the torch path"),
+    ("triton-logprob", "float32", "grad"): Tolerance(1e-4, 1e-5, "relative to max|want|: as the torch path (same products, cuBLAS)"),
+    ("triton-logprob", "bfloat16", "value"): Tolerance(1e-5, 5e-5, "bf16 operands, float32 accumulation in tl.dot, logits never rounded: as float32"),
+    ("triton-logprob", "bfloat16", "grad"): Tolerance(2e-2, 1e-2, "relative to max|want|: onehot - p written in bf16 (2^-9), gradient returned in bf16 (2^-9)"),
 }
 
 # Central finite differences of the un-stop-gradient objective (float64, step 1e-6).

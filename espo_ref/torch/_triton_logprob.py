@@ -54,11 +54,28 @@ def config(overrides: dict | None = None) -> dict:
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+# tl.sum / tl.max / tl.cdiv / tl.zeros are themselves @triton.jit functions of triton's standard library,
+# decorated when triton is first imported: if that happened before TRITON_INTERPRET=1 was set
+# (torch._dynamo imports triton), the interpreter cannot call them. tl.reduce is a builtin, and
+# the combine functions above are decorated with this module, so the kernels below run under
+# the interpreter whenever the variable is set before this module is imported.
+
+
+@triton.jit
 def _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H, stride_h, stride_w, temperature,
                  HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """z = (h[rows] @ W[cols].T + b[cols]) / T in float32; -inf outside the vocabulary slice."""
-    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    acc = tl.full([BLOCK_N, BLOCK_V], 0.0, dtype=tl.float32)
     for k0 in range(0, H, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < H
@@ -85,7 +102,7 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s_ptr, u_ptr, zt_ptr,
                 GROUP_N: tl.constexpr, V_SPLIT: tl.constexpr):
     # Grouped launch order: consecutive programs take GROUP_N row blocks x all slices.
     pid = tl.program_id(0)
-    n_row_blocks = tl.cdiv(N, BLOCK_N)
+    n_row_blocks = (N + BLOCK_N - 1) // BLOCK_N
     per_group = GROUP_N * n_splits
     group = pid // per_group
     first_row_block = group * GROUP_N
@@ -100,22 +117,22 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s_ptr, u_ptr, zt_ptr,
     v_end = tl.minimum(v_start + V_SPLIT, V)
 
     m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)
-    u = tl.zeros([BLOCK_N], dtype=tl.float32)
-    zt = tl.zeros([BLOCK_N], dtype=tl.float32)
+    s = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
+    u = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
+    zt = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_end
         z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H, stride_h, stride_w, temperature,
                          HAS_BIAS, DOT_F32, IEEE, BLOCK_N, BLOCK_V, BLOCK_H)
-        zt += tl.sum(tl.where(cols[None, :] == target[:, None], z, 0.0), axis=1)
-        m_new = tl.maximum(m, tl.max(z, axis=1))  # finite: every tile has a column in the slice
+        zt += tl.reduce(tl.where(cols[None, :] == target[:, None], z, 0.0), 1, _add)
+        m_new = tl.maximum(m, tl.reduce(z, 1, _max))  # finite: every tile has a column in the slice
         d = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
         e = tl.where(col_ok[None, :], tl.exp(d), 0.0)
         alpha = tl.exp(m - m_new)
         # rescale: u' = alpha * (u + s * (m - m_new)); s == 0 before the first tile.
-        u = alpha * (u + s * tl.where(s > 0, m - m_new, 0.0)) + tl.sum(e * d, axis=1)
-        s = alpha * s + tl.sum(e, axis=1)
+        u = alpha * (u + s * tl.where(s > 0, m - m_new, 0.0)) + tl.reduce(e * d, 1, _add)
+        s = alpha * s + tl.reduce(e, 1, _add)
         m = m_new
     out = pid_s * N + rows
     tl.store(m_ptr + out, m, mask=row_ok)

@@ -11,9 +11,12 @@ Two implementations, one switch (``impl``):
 
 * ``"torch"`` — pure torch, any device. The forward walks the rows in chunks of
   ``chunk_size``: logits of a chunk in float32 (matrix product in the input dtype with
-  float32 accumulation, then ``.float()``; on CUDA the product is written straight to
-  float32 when torch supports ``out_dtype``), ``lse = logsumexp``, ``logp = z[y] - lse``,
-  ``entropy = -sum p (z - lse)``. Only ``hidden, weight, bias, targets`` and ``lse [N]``
+  float32 accumulation), ``lse = logsumexp``, ``logp = z[y] - lse``,
+  ``entropy = -sum p (z - lse)``. For bfloat16/float16 inputs the product is *not*
+  rounded to the input dtype before ``.float()`` (that rounding alone costs up to
+  |z| / 256 in logp): on CUDA it is written in float32 by ``torch.mm(out_dtype=)``; where
+  that is missing (CPU, older torch) the operands are upcast to float32 first (exact; a
+  float32 copy of the weight for the call). Only ``hidden, weight, bias, targets`` and ``lse [N]``
   are saved for backward; the backward walks the vocabulary in slices (all rows, about
   ``chunk_size * V`` logits per slice), recomputes the slice's logits and forms
   ``g = (onehot(y) - p) * grad_logp / T`` (d logp / d z, chained through the 1/T), then
@@ -142,26 +145,39 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------- pure torch
 
 
-_MM_OUT_DTYPE: dict[str, bool] = {}  # device type -> torch.mm(..., out_dtype=float32) works
+_MM_OUT_DTYPE: dict[torch.device, bool] = {}  # CUDA device -> torch.mm(..., out_dtype=float32) works
 
 
-def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
-    """a @ b in the inputs' dtype with float32 accumulation, returned in acc_dtype (float32 or float64)."""
-    if a.dtype in (torch.float16, torch.bfloat16) and a.is_cuda:
-        key = a.device.type
-        if _MM_OUT_DTYPE.get(key, True):
-            try:
-                return torch.mm(a, b, out_dtype=torch.float32)
-            except (RuntimeError, TypeError, NotImplementedError):
-                _MM_OUT_DTYPE[key] = False
-    return torch.mm(a, b).to(acc_dtype)
+def _mm_out_dtype_works(device: torch.device) -> bool:
+    if device not in _MM_OUT_DTYPE:
+        try:
+            x = torch.ones((2, 2), dtype=torch.bfloat16, device=device)
+            _MM_OUT_DTYPE[device] = torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE[device] = False
+    return _MM_OUT_DTYPE[device]
 
 
-def _logits(hidden, weight, bias, temperature: float, acc_dtype) -> torch.Tensor:
-    """[ESPO-ENT] z = (hidden @ weight.T + bias) / T in acc_dtype (float32, or float64 for float64 inputs)."""
-    z = _mm_f32(hidden, weight.t(), acc_dtype)
+def _operand(x: torch.Tensor) -> torch.Tensor:
+    """x as a matrix-product operand: as is, or upcast to float32 (exact) for a half dtype whose
+    product torch cannot write in float32 directly (CPU; CUDA without ``mm(out_dtype=)``)."""
+    if x.dtype in (torch.float16, torch.bfloat16) and not (x.is_cuda and _mm_out_dtype_works(x.device)):
+        return x.float()
+    return x
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of operands from ``_operand``: float32 accumulation, float32 (float64) result, no rounding to half."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b)
+
+
+def _logits(hidden, weight, bias, temperature: float) -> torch.Tensor:
+    """[ESPO-ENT] z = (hidden @ weight.T + bias) / T in float32 (float64 for float64 inputs); operands from _operand."""
+    z = _mm(hidden, weight.t())
     if bias is not None:
-        z += bias.to(acc_dtype)
+        z += bias
     if temperature != 1.0:
         z /= temperature
     return z
@@ -186,9 +202,11 @@ def _forward_torch(hidden, weight, bias, targets, temperature, chunk_size, with_
     lse = torch.empty(n, dtype=acc, device=hidden.device)
     logp = torch.empty(n, dtype=acc, device=hidden.device)
     entropy = torch.empty(n, dtype=acc, device=hidden.device) if with_entropy else None
+    weight_op = _operand(weight)
+    bias_acc = bias.to(acc) if bias is not None else None
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        z = _logits(hidden[start:stop], weight, bias, temperature, acc)
+        z = _logits(_operand(hidden[start:stop]), weight_op, bias_acc, temperature)
         lse_c, logp_c, ent_c = _chunk_stats(z, targets[start:stop], with_entropy)
         del z
         lse[start:stop] = lse_c
@@ -198,9 +216,9 @@ def _forward_torch(hidden, weight, bias, targets, temperature, chunk_size, with_
     return logp, entropy, lse
 
 
-def _grad_logits_torch(hidden, weight_s, bias_s, targets, lse, scale, v0, temperature, out):
-    """g = (onehot(y) - exp(z - lse)) * scale for the vocabulary slice starting at v0 (written into out)."""
-    z = _logits(hidden, weight_s, bias_s, temperature, lse.dtype)
+def _grad_logits_torch(hidden_op, weight_s, bias_s, targets, lse, scale, v0, temperature, out):
+    """g = (onehot(y) - exp(z - lse)) * scale for the vocabulary slice starting at v0, written into out."""
+    z = _logits(hidden_op, _operand(weight_s), bias_s.to(lse.dtype) if bias_s is not None else None, temperature)
     g = z.sub_(lse[:, None]).exp_().mul_(-scale[:, None])
     rows = ((targets >= v0) & (targets < v0 + weight_s.shape[0])).nonzero()[:, 0]
     g.index_put_((rows, targets[rows] - v0), scale[rows], accumulate=True)
@@ -247,6 +265,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         g_dtype = hidden.dtype
         g = torch.empty((n, v_slice), dtype=g_dtype, device=hidden.device)
         tri = _triton_module() if ctx.impl == "triton" else None
+        hidden_op = _operand(hidden)
         for v0 in range(0, vocab, v_slice):
             v1 = min(v0 + v_slice, vocab)
             w_s = weight[v0:v1]
@@ -255,13 +274,14 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             if tri is not None:
                 tri.grad_logits(hidden, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g_s, ctx.overrides)
             else:
-                _grad_logits_torch(hidden, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g_s)
+                _grad_logits_torch(hidden_op, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g_s)
             if need_b:
                 grad_bias[v0:v1] = g_s.sum(dim=0, dtype=acc)
+            g_op = _operand(g_s)
             if need_h:
-                acc_hidden += _mm_f32(g_s, w_s, acc)
+                acc_hidden += _mm(g_op, _operand(w_s))
             if need_w:
-                grad_weight[v0:v1] = _mm_f32(g_s.t(), hidden, acc)
+                grad_weight[v0:v1] = _mm(g_op.t(), hidden_op)
         if need_h:
             grad_hidden = acc_hidden.to(hidden.dtype)
         if need_b:
