@@ -1,0 +1,251 @@
+"""Forward+backward time and peak memory of the torch espo_loss against GSPO and a GRPO floor.
+
+Peers, on the same inputs in the same run (interleaved repeats, so that drift in the
+machine's load hits every method alike):
+
+* ``espo``  -- espo_ref.torch.espo_loss, default ESPOConfig (top_fraction 0.2, adaptive clip).
+* ``gspo``  -- espo_ref.torch.gspo_loss when the backend has it; until then the GSPO form
+  of espo_loss: ESPOConfig(grouping="none", clip="fixed", eps_low=3e-4, eps_high=4e-4),
+  i.e. one group per response, GSPO-token ratio, fixed sequence-level range.
+* ``grpo``  -- espo_ref.torch.grpo_loss when the backend has it (else left out), and
+* ``ppo_floor`` -- a token-level PPO-clip (GRPO) surrogate written inline, token mean:
+  the least any clipped surrogate costs.
+
+Every loss runs with ``validate=False`` where it has the keyword (the training setting:
+no host sync but the metrics' one). float32 inputs. Time: median wall time of
+forward + ``backward()``, bracketed by ``torch.cuda.synchronize()`` on CUDA. Peak memory:
+on CUDA ``torch.cuda.max_memory_allocated()`` above what was allocated before the call; on
+CPU the growth of the resident set (the peak RSS, VmHWM = ``ru_maxrss``, reset through
+/proc/self/clear_refs, minus the RSS just before the call), in a fresh subprocess per
+(method, size) with
+``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set.
+
+    python bench/loss_overhead.py [--device cpu|cuda] [--sizes 64x4096,256x8192,1024x16384]
+                                  [--repeats R] [--out DIR]
+
+Results go to bench/results/loss_overhead_<device>.{json,md} (atomic writes), and also to
+DIR when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import espo_ref  # noqa: E402
+import espo_ref.torch as et  # noqa: E402
+from _common import machine_info  # noqa: E402
+from espo_ref._io import write_atomic  # noqa: E402
+
+SIZES = ((64, 4096), (256, 8192), (1024, 16384))
+VOCAB = 151_936
+CPU_BUDGET_BYTES = 24 * 2**30
+BYTES_PER_TOKEN = 160  # measured peak of espo_loss fwd+bwd is ~60-100 B/token; inputs ~17
+TARGET = {"cpu": 2.0, "cuda": 1.5}
+
+
+def make_inputs(B, T, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    old = torch.empty(B, T).exponential_(1.0, generator=g).neg_()
+    logp = torch.randn(B, T, generator=g).mul_(0.05).add_(old)
+    entropy = torch.rand(B, T, generator=g).mul_(float(torch.log(torch.tensor(float(VOCAB)))))
+    adv = torch.randn(B, generator=g)
+    out = [t.to(device) for t in (logp, old, entropy, mask, adv)]
+    out[0].requires_grad_(True)
+    return out
+
+
+def ppo_floor(logp, old_logp, entropy, mask, adv, eps=0.2):
+    """Token-level PPO-clip (GRPO) surrogate, token mean: the floor."""
+    log_r = torch.where(mask, logp, 0.0) - torch.where(mask, old_logp, 0.0)
+    ratio = torch.exp(log_r)
+    a = adv[:, None]
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps, 1 + eps) * a)
+    return -torch.where(mask, surrogate, 0.0).sum() / mask.sum()
+
+
+def methods():
+    espo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB)
+    out = {"espo": lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, espo_cfg, validate=False).loss}
+    if hasattr(et, "gspo_loss"):
+        out["gspo"] = lambda lp, o, e, m, a: et.gspo_loss(lp, o, m, a).loss
+        gspo_kind = "espo_ref.torch.gspo_loss"
+    else:
+        gspo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB, grouping="none", clip="fixed",
+                                       eps_low=3e-4, eps_high=4e-4)
+        out["gspo"] = lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, gspo_cfg, validate=False).loss
+        gspo_kind = "espo_loss(grouping='none', clip='fixed', eps=(3e-4, 4e-4))"
+    if hasattr(et, "grpo_loss"):
+        out["grpo"] = lambda lp, o, e, m, a: et.grpo_loss(lp, o, m, a).loss
+    out["ppo_floor"] = ppo_floor
+    return out, gspo_kind
+
+
+def step(fn, inputs):
+    inputs[0].grad = None
+    fn(*inputs).backward()
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def high_water_bytes() -> int:
+    """VmHWM, the peak resident set (what ``ru_maxrss`` reports), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_peak_child(name, B, T) -> int:
+    """Run in a subprocess: the resident-set growth of one fwd+bwd of ``name``.
+
+    The high-water mark is reset first (``5 > /proc/self/clear_refs``): a child inherits its
+    parent's ru_maxrss across fork and exec, so without the reset it reports the parent's.
+    """
+    fns, _ = methods()
+    inputs = make_inputs(B, T, "cpu")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = rss_bytes()
+    step(fns[name], inputs)
+    return max(0, high_water_bytes() - base)
+
+
+def peak_bytes(name, fn, inputs, B, T, device) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(fn, inputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import loss_overhead as b; print(b.cpu_peak_child({name!r}, {B}, {T}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def measure(B, T, device, repeats):
+    fns, _ = methods()
+    inputs = make_inputs(B, T, device)
+    for fn in fns.values():  # warm-up (allocator, kernels)
+        step(fn, inputs)
+    times = {name: [] for name in fns}
+    cpu_times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            step(fn, inputs)
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
+    row = {"B": B, "T": T, "tokens": B * T, "repeats": repeats}
+    for name, fn in fns.items():
+        row[f"{name}_s"] = statistics.median(times[name])
+        row[f"{name}_cpu_s"] = statistics.median(cpu_times[name])
+        row[f"{name}_peak_bytes"] = peak_bytes(name, fn, inputs, B, T, device)
+    row["espo_over_gspo_time"] = row["espo_s"] / row["gspo_s"]
+    row["espo_over_gspo_memory"] = row["espo_peak_bytes"] / max(row["gspo_peak_bytes"], 1)
+    row["espo_over_floor_time"] = row["espo_s"] / row["ppo_floor_s"]
+    row["within_target"] = row["espo_over_gspo_time"] <= TARGET[device]
+    return row
+
+
+def format_table(rows, names) -> str:
+    head = f"{'B x T':>12} " + " ".join(f"{n + ' ms':>12}" for n in names) + \
+        f" {'espo/gspo':>9} {'espo/floor':>10} " + " ".join(f"{n + ' MiB':>13}" for n in names) + f" {'mem e/g':>7}"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['B']:>5} x {r['T']:<5}"
+                     + " ".join(f"{1e3 * r[n + '_s']:>12.2f}" for n in names)
+                     + f" {r['espo_over_gspo_time']:>9.2f} {r['espo_over_floor_time']:>10.2f} "
+                     + " ".join(f"{r[n + '_peak_bytes'] / 2**20:>13.1f}" for n in names)
+                     + f" {r['espo_over_gspo_memory']:>7.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default=",".join(f"{b}x{t}" for b, t in SIZES))
+    parser.add_argument("--repeats", type=int, default=None, help="default: 20 on CUDA, 5 on CPU")
+    parser.add_argument("--out", default=os.environ.get("OUT") or None, help="extra output folder")
+    parser.add_argument("--note", default="", help="free text stored with the results")
+    args = parser.parse_args(argv)
+    device = args.device
+    repeats = args.repeats or (20 if device == "cuda" else 5)
+    names = list(methods()[0])
+    rows, skipped = [], []
+    for size in args.sizes.split(","):
+        B, T = (int(x) for x in size.lower().split("x"))
+        if device == "cpu" and B * T * BYTES_PER_TOKEN > CPU_BUDGET_BYTES:
+            msg = f"{B} x {T} skipped: ~{B * T * BYTES_PER_TOKEN / 2**30:.1f} GiB > 24 GiB CPU budget"
+            print(msg, flush=True)
+            skipped.append(msg)
+            continue
+        row = measure(B, T, device, repeats)
+        rows.append(row)
+        print(format_table([row], names).splitlines()[-1], flush=True)
+    table = format_table(rows, names)
+    print()
+    print(table)
+    machine = machine_info()
+    machine["device"] = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    machine["torch_threads"] = torch.get_num_threads()
+    try:
+        machine["load_average_at_end"] = os.getloadavg()
+    except OSError:
+        pass
+    payload = {
+        "benchmark": "loss_overhead", "espo_ref": espo_ref.__version__,
+        "spec_version": espo_ref.SPEC_VERSION, "device": device, "machine": machine,
+        "gspo_peer": methods()[1], "dtype": "float32", "validate": False,
+        "target_espo_over_gspo_time": TARGET[device],
+        "what": "forward + backward of each loss on the same inputs; median wall time over "
+                "interleaved repeats (cuda: synchronize around each); peak memory: cuda "
+                "max_memory_allocated above the baseline, cpu resident-set growth "
+                "(VmHWM/ru_maxrss after a clear_refs reset, minus the RSS before) in a fresh "
+                "subprocess per method and size",
+        "note": args.note, "skipped": skipped, "rows": rows,
+    }
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    head = "\n".join(f"- {k}: {v}" for k, v in machine.items())
+    md = (f"# loss_overhead ({device})\n\n{head}\n\n- gspo peer: {payload['gspo_peer']}\n"
+          f"- target: espo/gspo time <= {TARGET[device]}\n"
+          + (f"- note: {args.note}\n" if args.note else "")
+          + "".join(f"- {s}\n" for s in skipped) + f"\n```\n{table}\n```\n")
+    folders = [ROOT / "bench" / "results"] + ([Path(args.out)] if args.out else [])
+    for folder in folders:
+        write_atomic(folder / f"loss_overhead_{device}.json", text)
+        write_atomic(folder / f"loss_overhead_{device}.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
