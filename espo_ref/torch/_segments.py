@@ -23,6 +23,7 @@ class Segments:
     """Group statistics of the included tokens of a [B, T] group-id tensor."""
 
     def __init__(self, groups: torch.Tensor, include: torch.Tensor, width: int | None = None):
+        """``groups`` int [B, T]; ``include`` bool [B, T]; ``width`` W if known (else a sync)."""
         B, T = groups.shape
         self.shape = (B, T)
         self.include = include
@@ -30,11 +31,15 @@ class Segments:
             width = int(torch.where(include, groups, 0).max()) + 1 if groups.numel() else 1
         self.width = max(int(width), 1)
         self.index = torch.where(include, groups, 0).to(torch.int64)
-        self.counts = self.sums(include.to(torch.int64))
+        self.counts = self.sums(include.to(torch.int32), clean=True)
 
-    def sums(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-group sums [B, W] of the included values (padding never enters)."""
-        src = torch.where(self.include, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    def sums(self, values: torch.Tensor, clean: bool = False) -> torch.Tensor:
+        """Per-group sums [B, W] of the included values (excluded tokens never enter).
+
+        ``clean=True`` promises that ``values`` is already 0 outside ``include``.
+        """
+        src = values if clean else torch.where(
+            self.include, values, torch.zeros((), dtype=values.dtype, device=values.device))
         B, W = self.shape[0], self.width
         if W == 1:
             return src.sum(dim=1, keepdim=True)
@@ -45,9 +50,9 @@ class Segments:
         onehot = self.index.unsqueeze(1) == ids
         return torch.where(onehot, src.unsqueeze(1), torch.zeros((), dtype=src.dtype, device=src.device)).sum(dim=2)
 
-    def means(self, values: torch.Tensor) -> torch.Tensor:
+    def means(self, values: torch.Tensor, clean: bool = False) -> torch.Tensor:
         """Per-group means (0 for empty groups)."""
-        sums = self.sums(values)
+        sums = self.sums(values, clean)
         return sums / self.counts.clamp(min=1).to(sums.dtype)
 
     def to_tokens(self, per_group: torch.Tensor) -> torch.Tensor:

@@ -12,15 +12,22 @@ from ._segments import Segments
 from .grouping import check_groups, trained_tokens
 
 
-def _group_clip_eps(ent: torch.Tensor, g: torch.Tensor, config: ESPOConfig, width: int | None) -> torch.Tensor:
-    response = g >= 0
+def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig) -> torch.Tensor:
+    """Eq. 8 from the response segments ``seg`` and the trained segments ``trained_seg``;
+    ``ent`` is 0 on padding."""
     scale = config.alpha / config.log_vocab
     if config.eps_reading == "group_mean":
-        seg = Segments(g, response, width)
-        return scale * seg.to_tokens(seg.means(ent))
-    k = Segments(g, trained_tokens(g, config), width).groups_per_row()
+        return scale * seg.to_tokens(seg.means(ent, clean=True))
+    k = trained_seg.groups_per_row()
     eps = scale * ent / k.clamp(min=1).to(ent.dtype)[:, None]
-    return torch.where(response, eps, torch.zeros((), dtype=ent.dtype, device=ent.device))
+    return torch.where(seg.include, eps, torch.zeros((), dtype=ent.dtype, device=ent.device))
+
+
+def _segments(g: torch.Tensor, config: ESPOConfig, width: int | None):
+    """(response segments, trained segments): the same object unless drop_low_group."""
+    seg = Segments(g, g >= 0, width)
+    trained = trained_tokens(g, config)
+    return seg, (Segments(g, trained, seg.width) if config.drop_low_group else seg)
 
 
 def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True) -> torch.Tensor:
@@ -35,14 +42,14 @@ def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True
     ent = as_real_tensor(entropy, "entropy", ndim=2)
     g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)
-    return _group_clip_eps(ent, g, config, None)
+    return _group_clip_eps(ent, *_segments(g, config, None), config)
 
 
-def _clip_bounds(ent: torch.Tensor, g: torch.Tensor, config: ESPOConfig, width: int | None):
+def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig):
     if config.clip == "adaptive":
-        eps = _group_clip_eps(ent, g, config, width)
+        eps = _group_clip_eps(ent, seg, trained_seg, config)
         return eps, eps
-    response = g >= 0
+    response = seg.include
     zero = torch.zeros((), dtype=ent.dtype, device=ent.device)
     return (torch.where(response, torch.full((), config.eps_low, dtype=ent.dtype, device=ent.device), zero),
             torch.where(response, torch.full((), config.eps_high, dtype=ent.dtype, device=ent.device), zero))
@@ -57,4 +64,5 @@ def clip_bounds(entropy, groups, config: ESPOConfig, *, validate: bool = True):
     g, _ = coerce(groups)
     ent, _ = coerce(entropy, g.device)
     dtype = compute_dtype(ent) if ent is not None else torch.float64
-    return _clip_bounds(torch.zeros((), dtype=dtype, device=g.device), g, config, None)
+    seg = Segments(g, g >= 0, 1)  # only the response mask is used by the fixed range
+    return _clip_bounds(torch.zeros((), dtype=dtype, device=g.device), seg, seg, config)

@@ -9,9 +9,9 @@ from ..config import ESPOConfig
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
 from ..result import LossResult
-from ._checks import advantages_2d, check_shape, first_index, token_inputs
+from ._checks import advantages_2d, check_shape, coerce, first_index, token_inputs
 from ._segments import Segments
-from .clipping import _clip_bounds
+from .clipping import _clip_bounds, _segments
 from .grouping import _entropy_groups, group_width, trained_tokens, validate_entropy
 from .ratio import _group_log_ratio
 
@@ -74,16 +74,15 @@ def clipped_surrogate(ratio, adv, eps_low, eps_high, trained):
     return torch.where(trained, surrogate, _zero(surrogate)), clipped_high, clipped_low
 
 
-def _aggregation_weights(groups, trained, mask, width, dtype, validate=True):
+def _aggregation_weights(seg: Segments, mask, dtype, validate=True):
+    """Eq. 5 weights from the trained segments ``seg``; also returns K_i."""
     responses = mask.any(dim=1).sum()
     if validate and not bool(responses > 0):
         raise ESPOInputError("mask has no response token: the objective is undefined")
-    seg = Segments(groups, trained, width)
+    trained = seg.include
     k = seg.groups_per_row()
-    size = seg.to_tokens(seg.counts)
-    denom = responses * k.clamp(min=1)[:, None] * torch.where(trained, size, 1)
-    weight = torch.where(trained, 1.0 / denom.to(dtype), torch.zeros((), dtype=dtype, device=groups.device))
-    return weight, k
+    per_group = 1.0 / (responses * k.clamp(min=1)[:, None] * seg.counts.clamp(min=1)).to(dtype)
+    return seg.to_tokens(per_group), k
 
 
 def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.float64,
@@ -95,7 +94,10 @@ def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.flo
     (keyword-only) defaults to the core's float64; the group count is read from the data
     and the empty-batch check syncs.
     """
-    return _aggregation_weights(groups, trained, mask, None, dtype, validate)[0]
+    g, _ = coerce(groups)
+    t, _ = coerce(trained, g.device)
+    m, _ = coerce(mask, g.device)
+    return _aggregation_weights(Segments(g.to(torch.int64), t, None), m, dtype, validate)[0]
 
 
 def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
@@ -181,17 +183,17 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     check_shape(ent, "entropy", tuple(lp.shape), "logp")
     dtype = lp.dtype
     adv = advantages_2d(advantages, m, dtype, validate=validate)
-    width = group_width(config, lp.shape[1])
 
     groups = _entropy_groups(ent, m, config)
-    trained = trained_tokens(groups, config)
+    seg, trained_seg = _segments(groups, config, group_width(config, lp.shape[1]))
+    trained = trained_seg.include
     ent = ent.to(dtype)
     log_r = lp - olp
-    log_s = _group_log_ratio(log_r.detach(), groups, width)
+    log_s = _group_log_ratio(log_r.detach(), seg)
     ratio, clamped = token_ratio(log_s, log_r, m, config, validate=validate)
-    eps_low, eps_high = _clip_bounds(ent, groups, config, width)
+    eps_low, eps_high = _clip_bounds(ent, seg, trained_seg, config)
     surrogate, clipped_high, clipped_low = clipped_surrogate(ratio, adv, eps_low, eps_high, trained)
-    weight, k = _aggregation_weights(groups, trained, m, width, dtype, validate)
+    weight, k = _aggregation_weights(trained_seg, m, dtype, validate)
 
     objective = torch.sum(weight * surrogate)
     ratio = ratio.detach()

@@ -10,9 +10,9 @@ from ._segments import Segments
 from .grouping import check_groups
 
 
-def _group_log_ratio(log_r: torch.Tensor, g: torch.Tensor, width: int | None) -> torch.Tensor:
-    seg = Segments(g, g >= 0, width)
-    return seg.to_tokens(seg.means(log_r))
+def _group_log_ratio(log_r: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """Eq. 10 from the response segments; ``log_r`` is 0 on padding."""
+    return seg.to_tokens(seg.means(log_r, clean=True))
 
 
 def group_log_ratio(logp, old_logp, groups, *, validate: bool = True) -> torch.Tensor:
@@ -29,4 +29,4 @@ def group_log_ratio(logp, old_logp, groups, *, validate: bool = True) -> torch.T
     response = g >= 0
     dtype = compute_dtype(lp)
     log_r = finite_on(lp, response, "logp", dtype, validate) - finite_on(olp, response, "old_logp", dtype, validate)
-    return _group_log_ratio(log_r, g, None)
+    return _group_log_ratio(log_r, Segments(g, response))
