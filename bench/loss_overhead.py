@@ -4,12 +4,19 @@ Peers, on the same inputs in the same run (interleaved repeats, so that drift in
 machine's load hits every method alike):
 
 * ``espo``  -- espo_ref.torch.espo_loss, default ESPOConfig (top_fraction 0.2, adaptive clip).
-* ``gspo``  -- espo_ref.torch.gspo_loss when the backend has it; until then the GSPO form
-  of espo_loss: ESPOConfig(grouping="none", clip="fixed", eps_low=3e-4, eps_high=4e-4),
-  i.e. one group per response, GSPO-token ratio, fixed sequence-level range.
+* ``gspo``  -- espo_ref.torch.gspo_loss when the backend has it; else the GSPO form below.
+* ``gspo_form`` -- espo_loss itself in its GSPO form: ESPOConfig(grouping="none",
+  clip="fixed", eps_low=3e-4, eps_high=4e-4), i.e. one group per response, GSPO-token
+  ratio, fixed sequence-level range, the same code path and metrics as ESPO; espo over
+  gspo_form isolates the cost of entropy grouping and adaptive clipping.
 * ``grpo``  -- espo_ref.torch.grpo_loss when the backend has it (else left out), and
 * ``ppo_floor`` -- a token-level PPO-clip (GRPO) surrogate written inline, token mean:
   the least any clipped surrogate costs.
+
+The baselines run with their default configs (GSPOConfig: eps 3e-4 / 4e-4; GRPOConfig).
+On CPU the run uses ``--threads`` torch threads (default 1): on a small shared machine,
+OpenMP threads competing with other processes for the cores make wall times swing by
+orders of magnitude, while one thread gives stable ratios; ``*_cpu_s`` is process time.
 
 Every loss runs with ``validate=False`` where it has the keyword (the training setting:
 no host sync but the metrics' one). float32 inputs. Time: median wall time of
@@ -82,16 +89,18 @@ def ppo_floor(logp, old_logp, entropy, mask, adv, eps=0.2):
 def methods():
     espo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB)
     out = {"espo": lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, espo_cfg, validate=False).loss}
+    gspo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB, grouping="none", clip="fixed",
+                                   eps_low=3e-4, eps_high=4e-4)
+    gspo_form = lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, gspo_cfg, validate=False).loss  # noqa: E731
     if hasattr(et, "gspo_loss"):
-        out["gspo"] = lambda lp, o, e, m, a: et.gspo_loss(lp, o, m, a).loss
-        gspo_kind = "espo_ref.torch.gspo_loss"
+        out["gspo"] = lambda lp, o, e, m, a: et.gspo_loss(lp, o, m, a, validate=False).loss
+        out["gspo_form"] = gspo_form
+        gspo_kind = "espo_ref.torch.gspo_loss (gspo_form: espo_loss with grouping='none', fixed (3e-4, 4e-4))"
     else:
-        gspo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB, grouping="none", clip="fixed",
-                                       eps_low=3e-4, eps_high=4e-4)
-        out["gspo"] = lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, gspo_cfg, validate=False).loss
+        out["gspo"] = gspo_form
         gspo_kind = "espo_loss(grouping='none', clip='fixed', eps=(3e-4, 4e-4))"
     if hasattr(et, "grpo_loss"):
-        out["grpo"] = lambda lp, o, e, m, a: et.grpo_loss(lp, o, m, a).loss
+        out["grpo"] = lambda lp, o, e, m, a: et.grpo_loss(lp, o, m, a, validate=False).loss
     out["ppo_floor"] = ppo_floor
     return out, gspo_kind
 
@@ -143,7 +152,7 @@ def peak_bytes(name, fn, inputs, B, T, device) -> int:
         step(fn, inputs)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads()))
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import loss_overhead as b; print(b.cpu_peak_child({name!r}, {B}, {T}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -173,18 +182,21 @@ def measure(B, T, device, repeats):
     row["espo_over_gspo_time"] = row["espo_s"] / row["gspo_s"]
     row["espo_over_gspo_memory"] = row["espo_peak_bytes"] / max(row["gspo_peak_bytes"], 1)
     row["espo_over_floor_time"] = row["espo_s"] / row["ppo_floor_s"]
+    if "gspo_form_s" in row:
+        row["espo_over_gspo_form_time"] = row["espo_s"] / row["gspo_form_s"]
     row["within_target"] = row["espo_over_gspo_time"] <= TARGET[device]
     return row
 
 
 def format_table(rows, names) -> str:
     head = f"{'B x T':>12} " + " ".join(f"{n + ' ms':>12}" for n in names) + \
-        f" {'espo/gspo':>9} {'espo/floor':>10} " + " ".join(f"{n + ' MiB':>13}" for n in names) + f" {'mem e/g':>7}"
+        f" {'espo/gspo':>9} {'e/gspo_form':>11} {'espo/floor':>10} " + " ".join(f"{n + ' MiB':>13}" for n in names) + f" {'mem e/g':>7}"
     lines = [head]
     for r in rows:
         lines.append(f"{r['B']:>5} x {r['T']:<5}"
                      + " ".join(f"{1e3 * r[n + '_s']:>12.2f}" for n in names)
-                     + f" {r['espo_over_gspo_time']:>9.2f} {r['espo_over_floor_time']:>10.2f} "
+                     + f" {r['espo_over_gspo_time']:>9.2f} {r.get('espo_over_gspo_form_time', float('nan')):>11.2f}"
+                     + f" {r['espo_over_floor_time']:>10.2f} "
                      + " ".join(f"{r[n + '_peak_bytes'] / 2**20:>13.1f}" for n in names)
                      + f" {r['espo_over_gspo_memory']:>7.2f}")
     return "\n".join(lines)
@@ -197,8 +209,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="default: 20 on CUDA, 5 on CPU")
     parser.add_argument("--out", default=os.environ.get("OUT") or None, help="extra output folder")
     parser.add_argument("--note", default="", help="free text stored with the results")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu device only)")
     args = parser.parse_args(argv)
     device = args.device
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (20 if device == "cuda" else 5)
     names = list(methods()[0])
     rows, skipped = [], []
