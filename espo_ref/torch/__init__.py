@@ -35,3 +35,13 @@ __all__ = [
     "espo_loss",
     "espo_metrics",
 ]
+
+# --- baselines ---
+from ..baselines import BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig, GSPOConfig
+from .aggregation import LOSS_AGG_MODES, agg_loss, agg_weights
+from .baselines import cispo_loss, dapo_loss, gmpo_loss, grpo_loss, gspo_loss
+
+__all__ += ["LOSS_AGG_MODES", "agg_loss", "agg_weights", "BaselineConfig", "GRPOConfig", "DAPOConfig",
+            "GSPOConfig", "GMPOConfig", "CISPOConfig", "grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss",
+            "cispo_loss"]
+# --- end baselines ---

@@ -1,0 +1,83 @@
+"""Loss aggregation over a padded batch [BASE-AGG], with empty rows pinned [BASE-AGG-EMPTY];
+torch mirror of espo_ref/aggregation.py.
+
+Every mode is linear in the per-token loss, so it is written as a weight per token:
+``agg_loss(l, mask, mode) = sum_{b,t} w[b,t] * l[b,t]`` with ``w = agg_weights(mask, mode)``.
+The mode names and their check are the core's (``LOSS_AGG_MODES``, ``check_agg_mode``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..aggregation import LOSS_AGG_MODES, check_agg_mode
+from ..errors import ESPOInputError
+from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, finite_on
+
+__all__ = ["LOSS_AGG_MODES", "check_agg_mode", "agg_weights", "agg_loss"]
+
+
+def _agg_weights(m: torch.Tensor, mode: str, max_len: int | None, dtype: torch.dtype,
+                 validate: bool = True) -> torch.Tensor:
+    """The weights of a checked boolean mask ``m`` (mode already checked). The two error
+    checks (empty batch, max_len too short) read the data: host syncs, only if validate."""
+    lengths = m.sum(dim=1)
+    tokens = lengths.sum()
+    if validate and int(tokens) == 0:
+        raise ESPOInputError("mask has no response token: the aggregated loss is undefined")
+    responses = (lengths > 0).sum()
+    if mode == "token-mean":
+        per_row = (1.0 / tokens.to(dtype)).expand(lengths.shape)
+    elif mode == "seq-mean-token-mean":
+        per_row = 1.0 / (responses * lengths.clamp(min=1)).to(dtype)
+    elif mode == "seq-mean-token-sum":
+        per_row = (1.0 / responses.to(dtype)).expand(lengths.shape)
+    else:
+        norm = m.shape[1] if max_len is None else int(max_len)
+        if validate:
+            longest = int(lengths.max())
+            if longest > norm:
+                raise ESPOInputError(
+                    f"max_len must be >= the longest response ({longest} tokens), got {norm}"
+                )
+        per_row = (1.0 / (responses * norm).to(dtype)).expand(lengths.shape)
+    return torch.where(m, per_row[:, None], torch.zeros((), dtype=dtype, device=m.device))
+
+
+def agg_weights(mask, mode: str, max_len: int | None = None, *, dtype: torch.dtype = torch.float64,
+                validate: bool = True) -> torch.Tensor:
+    """[BASE-AGG] [BASE-AGG-EMPTY] The weight of each token in the aggregated loss, [B, T].
+
+    With N_tok the response tokens, N the responses with at least one response token,
+    L_i the tokens of response i and M = ``max_len`` (default T):
+    token-mean 1/N_tok; seq-mean-token-mean 1/(N L_i); seq-mean-token-sum 1/N;
+    seq-mean-token-sum-norm 1/(N M). 0 on padding. Empty rows count in no mode; a mask
+    with no response token at all is an error. ``dtype`` (keyword-only) defaults to the
+    core's float64; the result is on the mask's device. ``validate=False`` skips the
+    value checks (no host sync).
+    """
+    check_agg_mode(mode, max_len)
+    t, _ = coerce(mask)
+    shape = tuple(t.shape) if t is not None else np.asarray(mask).shape
+    if len(shape) != 2:
+        raise ESPOInputError(f"mask must be 2-D [B, T], got shape {shape}")
+    m = as_mask(mask, "mask", shape, validate=validate)
+    return _agg_weights(m, mode, max_len, dtype, validate)
+
+
+def agg_loss(per_token, mask, mode: str, max_len: int | None = None, *,
+             validate: bool = True) -> torch.Tensor:
+    """[BASE-AGG] Aggregate a per-token loss [B, T] to a scalar: sum(agg_weights * per_token).
+
+    Returns a 0-d tensor (the core returns a float), differentiable w.r.t. ``per_token``
+    (d / d per_token = the weights, 0 on padding); float64 for float64 input, else float32.
+    Padding positions of ``per_token`` may hold anything (NaN included; replaced by 0 with
+    ``torch.where`` before any arithmetic); response positions must be finite.
+    """
+    values = as_real_tensor(per_token, "per_token", ndim=2)
+    m = as_mask(mask, "mask", tuple(values.shape), device=values.device, validate=validate)
+    dtype = compute_dtype(values)
+    check_agg_mode(mode, max_len)
+    weights = _agg_weights(m, mode, max_len, dtype, validate)
+    return torch.sum(weights * finite_on(values, m, "per_token", dtype, validate))

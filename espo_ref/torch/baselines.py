@@ -1,0 +1,361 @@
+"""Reference baselines GRPO, DAPO, GSPO, GMPO, CISPO (specs/baselines.md); torch mirror of
+espo_ref/baselines.py, name for name and argument for argument.
+
+Same config classes (imported from ``espo_ref.baselines``), same LossResult, same
+ESPOInputError messages. Each loss returns a LossResult whose ``loss`` is a 0-d tensor
+differentiable w.r.t. ``logp``: autograd through the stop-gradients gives exactly the
+core's ``grad`` (also returned, computed in closed form). Clips and clamps are taken
+through ``torch.where`` on the decision masks, so a clipped, clamped or dual-clipped token
+gets a zero gradient and a token exactly on a bound gets the unclipped branch's, as the
+spec pins (``torch.minimum``/``clamp`` would split or pass the gradient at ties).
+
+Dtypes and devices: float64 logp is computed in float64, float32/bfloat16/float16 in
+float32; other inputs are moved to logp's device. Per-token fields are detached tensors.
+``validate`` (keyword-only, default True) runs the core's checks with its messages (host
+syncs); ``validate=False`` skips them, and the loss then makes no host-device sync.
+``metrics`` are Python floats fetched in one transfer after the loss is built (one sync).
+A ratio that overflows the compute dtype is an error (float32: log-ratio above ~88.7,
+where float64 allows ~709: a range limit of the dtype, not a change of semantics).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..baselines import (
+    GSPO_LEVELS,
+    BaselineConfig,
+    CISPOConfig,
+    DAPOConfig,
+    GMPOConfig,
+    GRPOConfig,
+    GSPOConfig,
+    _config,
+)
+from ..errors import ESPOInputError
+from ..result import LossResult
+from ._checks import advantages_2d, first_index, token_inputs
+from .aggregation import _agg_weights
+from .objective import clipped_surrogate
+
+__all__ = [
+    "GSPO_LEVELS", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig",
+    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "clamp_log_ratio", "exp_ratio",
+    "token_log_ratio", "baseline_metrics", "ppo_clip_token_loss", "grpo_loss", "dapo_loss",
+    "gspo_loss", "gmpo_clipped_log_ratio", "gmpo_loss", "cispo_loss",
+]
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=like.dtype, device=like.device)
+
+
+# --- shared pieces -----------------------------------------------------------------------
+
+
+def _inputs(logp, old_logp, mask, advantages, validate: bool = True):
+    """[BASE-INPUT] Validated logp, old_logp (compute dtype, padding 0, logp keeps its
+    graph), bool mask and [B, T] advantages (padding 0)."""
+    lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
+    adv = advantages_2d(advantages, m, lp.dtype, validate=validate)
+    return lp, olp, m, adv
+
+
+def row_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over the response tokens of each row, [B]."""
+    return torch.where(mask, values, _zero(values)).sum(dim=1)
+
+
+def row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the response tokens of each row, [B] (0 for an empty row)."""
+    return row_sum(values, mask) / mask.sum(dim=1).clamp(min=1).to(values.dtype)
+
+
+def to_tokens(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-row value [B] to the response tokens [B, T] (0 on padding)."""
+    return torch.where(mask, per_row[:, None], _zero(per_row))
+
+
+def clamp_log_ratio(log_value: torch.Tensor, mask: torch.Tensor, low, high):
+    """[BASE-RATIO-CLAMP] Clamp a log-ratio to [low, high] (None: unbounded on that side).
+
+    Returns (clamped value, clamped): a token strictly outside the bounds is clamped and its
+    log-ratio has derivative 0 (the bound replaces it through ``torch.where``); a token
+    exactly on a bound is not clamped and keeps derivative 1.
+    """
+    clamped = torch.zeros_like(mask)
+    if low is not None:
+        below = mask & (log_value < low)
+        clamped = clamped | below
+        log_value = torch.where(below, torch.full((), low, dtype=log_value.dtype, device=log_value.device),
+                                log_value)
+    if high is not None:
+        above = mask & (log_value > high)
+        clamped = clamped | above
+        log_value = torch.where(above, torch.full((), high, dtype=log_value.dtype, device=log_value.device),
+                                log_value)
+    return torch.where(mask, log_value, _zero(log_value)), clamped
+
+
+def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """exp of a log-ratio on the response tokens (0 on padding); an overflow (of the compute
+    dtype) is an error when ``validate`` (a host sync)."""
+    ratio = torch.where(mask, torch.exp(torch.where(mask, log_value, _zero(log_value))), _zero(log_value))
+    if validate:
+        overflow = mask & ~torch.isfinite(ratio)
+        if bool(overflow.any()):
+            idx = first_index(overflow)
+            dtype = str(ratio.dtype).replace("torch.", "")
+            raise ESPOInputError(
+                f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
+                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
+            )
+    return ratio
+
+
+def token_log_ratio(lp, olp, mask, config):
+    """[BASE-RATIO-CLAMP] log r = logp - old_logp, clamped to [-c, c] with c = log_ratio_clamp."""
+    c = config.log_ratio_clamp
+    return clamp_log_ratio(lp - olp, mask, None if c is None else -c, c)
+
+
+def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
+                     extra_counts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
+    the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
+
+    ``extra_counts`` (keyword-only): more token counts, reported as fractions of N_tok after
+    the common keys (``clipfrac_dual``, ``capped_frac``), fetched in the same single
+    device-to-host transfer. Python floats, computed in the dtype of ``ratio``.
+    """
+    extra_counts = extra_counts or {}
+    ratio = ratio.detach()
+    log_r = log_r.detach()
+    k3 = torch.where(mask, torch.expm1(log_r) - log_r, _zero(log_r))
+    counts = torch.stack([
+        mask.sum(), mask.any(dim=1).sum(), (clipped_high | clipped_low).sum(), clipped_high.sum(),
+        clipped_low.sum(), clamped.sum(), *(c.sum() for c in extra_counts.values()),
+    ])
+    sums = torch.stack([
+        torch.where(mask, ratio, _zero(ratio)).sum(), k3.sum(), -torch.where(mask, log_r, _zero(log_r)).sum(),
+    ])
+    host = torch.cat([counts.to(torch.float64), sums.to(torch.float64)]).tolist()
+    tokens, responses, n_clip, n_high, n_low, n_clamped = host[:6]
+    extra = host[6:6 + len(extra_counts)]
+    ratio_sum, k3_sum, k1_sum = host[6 + len(extra_counts):]
+
+    def frac(num):  # a batch without tokens is rejected upstream unless validate=False
+        return num / tokens if tokens else float("nan")
+
+    def mean(num):
+        return num / tokens if tokens else 0.0
+
+    metrics = {
+        "tokens": tokens,
+        "responses": responses,
+        "clipfrac": frac(n_clip),
+        "clipfrac_high": frac(n_high),
+        "clipfrac_low": frac(n_low),
+        "clamped_frac": frac(n_clamped),
+        "ratio_mean": mean(ratio_sum),
+        "approx_kl": mean(k3_sum),
+        "ppo_kl": mean(k1_sum),
+    }
+    for name, n in zip(extra_counts, extra):
+        metrics[name] = frac(n)
+    return metrics
+
+
+def _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, mask, log_ratio, extras):
+    return LossResult(
+        loss=loss,
+        grad=torch.where(mask, grad, _zero(grad)),
+        ratio=ratio.detach(),
+        clipped_high=clipped_high,
+        clipped_low=clipped_low,
+        metrics=metrics,
+        log_ratio=log_ratio.detach(),
+        weight=weight,
+        trained=mask.clone(),
+        extras=extras,
+    )
+
+
+# --- GRPO and DAPO -----------------------------------------------------------------------
+
+
+def ppo_clip_token_loss(ratio, adv, mask, eps_low, eps_high, dual_clip):
+    """[BASE-GRPO] [BASE-GRPO-DUALCLIP] Per-token loss max(-A r, -A clip(r, 1 - eps_low,
+    1 + eps_high)); with a dual clip c, for A < 0, min(that, -A c).
+
+    Returns (loss, clipped_high, clipped_low, dual_clipped); dual-clipped iff A < 0 and
+    r > c (strict). The max and min are taken through the decision masks (same values),
+    so clipped and dual-clipped tokens have zero gradient and ties take the unclipped one.
+    """
+    surrogate, clipped_high, clipped_low = clipped_surrogate(ratio, adv, eps_low, eps_high, mask)
+    loss = -surrogate
+    if dual_clip is None:
+        return loss, clipped_high, clipped_low, torch.zeros_like(mask)
+    negative = mask & (adv < 0)
+    dual_clipped = negative & (ratio.detach() > dual_clip)
+    loss = torch.where(dual_clipped, -adv * dual_clip, loss)
+    return loss, clipped_high, clipped_low, dual_clipped
+
+
+def _ppo_clip_loss(logp, old_logp, mask, advantages, config, validate) -> LossResult:
+    lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    log_r, clamped = token_log_ratio(lp, olp, m, config)
+    ratio = exp_ratio(log_r, m, validate=validate)
+    per_token, clipped_high, clipped_low, dual = ppo_clip_token_loss(
+        ratio, adv, m, config.eps_low, config.eps_high, config.dual_clip
+    )
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)
+    loss = torch.sum(weight * per_token)
+    ratio = ratio.detach()
+    passes = m & ~clipped_high & ~clipped_low & ~dual & ~clamped
+    grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
+    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped,
+                               extra_counts={"clipfrac_dual": dual})
+    extras = {"clamped": clamped, "dual_clipped": dual, "per_token_loss": per_token.detach()}
+    return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
+
+
+def grpo_loss(logp, old_logp, mask, advantages, config: GRPOConfig | None = None, *,
+              validate: bool = True) -> LossResult:
+    """[BASE-GRPO] Eq. 1: loss = agg(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))).
+
+    r = exp(clamp(logp - old_logp, -20, 20)) [BASE-RATIO-CLAMP]; d loss / d logp_t =
+    -w_t A_t r_t unless the token is clipped, dual-clipped or clamped (then 0).
+    """
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, GRPOConfig), validate)
+
+
+def dapo_loss(logp, old_logp, mask, advantages, config: DAPOConfig | None = None, *,
+              validate: bool = True) -> LossResult:
+    """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher (0.2, 0.28), token-mean."""
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, DAPOConfig), validate)
+
+
+# --- GSPO --------------------------------------------------------------------------------
+
+
+def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None, *,
+              validate: bool = True) -> LossResult:
+    """[BASE-GSPO] Eqs. 2-4: s_i = exp(mean_t log r_{i,t}), clamped above at log_ratio_clamp;
+    loss = agg(-min(s A, clip(s, 1 - eps_low, 1 + eps_high) A)).
+
+    Token form (GSPO-token): s_{i,t} = sg[s_i] exp(log r_t - sg[log r_t]), value s_i and
+    d s_{i,t} / d logp_t = s_i. Sequence form [BASE-GSPO-SEQ]: the plain differentiable
+    s_i, d s_i / d logp_t = s_i / L_i. Both equal with a per-response advantage
+    [BASE-IDENTITIES]. A clamped response has gradient 0.
+    """
+    config = _config(config, GSPOConfig)
+    lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    log_r = lp - olp
+    sequence = config.level == "sequence"
+    log_s = to_tokens(row_mean(log_r if sequence else log_r.detach(), m), m)
+    log_s, clamped = clamp_log_ratio(log_s, m, None, config.log_ratio_clamp)
+    ratio = exp_ratio(log_s, m, validate=validate)
+    if not sequence and log_r.requires_grad:
+        live = m & ~clamped
+        ratio = ratio * torch.exp(torch.where(live, log_r - log_r.detach(), _zero(log_r)))
+    surrogate, clipped_high, clipped_low = clipped_surrogate(
+        ratio, adv, config.eps_low, config.eps_high, m
+    )
+    per_token = -surrogate
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)
+    loss = torch.sum(weight * per_token)
+    ratio = ratio.detach()
+    passes = m & ~clipped_high & ~clipped_low & ~clamped
+    grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
+    if sequence:
+        grad = to_tokens(row_mean(grad, m), m)
+    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped)
+    extras = {"clamped": clamped, "per_token_loss": per_token.detach()}
+    return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_s, extras)
+
+
+# --- GMPO --------------------------------------------------------------------------------
+
+
+def gmpo_clipped_log_ratio(log_r, adv, mask, eps_low, eps_high):
+    """[BASE-GMPO] Sign-aware log-space clip: c = clamp(log r, -eps_low, eps_high);
+    A > 0: min(log r, c); A < 0: max(log r, c); A = 0: 0 (verl's sign(A) form).
+
+    Returns (clipped log-ratio, clipped_high, clipped_low): clipped-high iff A > 0 and
+    log r > eps_high, clipped-low iff A < 0 and log r < -eps_low (strict). Written through
+    the masks (A > 0: eps_high where clipped-high, else log r; A < 0: -eps_low where
+    clipped-low, else log r: the same values), so only unclipped tokens with A != 0 carry
+    a gradient.
+    """
+    d = log_r.detach()
+    clipped_high = mask & (adv > 0) & (d > eps_high)
+    clipped_low = mask & (adv < 0) & (d < -eps_low)
+    full = lambda v: torch.full((), v, dtype=log_r.dtype, device=log_r.device)  # noqa: E731
+    clipped = torch.where(clipped_high, full(eps_high),
+                          torch.where(clipped_low, full(-eps_low),
+                                      torch.where(mask & (adv != 0), log_r, _zero(log_r))))
+    return clipped, clipped_high, clipped_low
+
+
+def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None, *,
+              validate: bool = True) -> LossResult:
+    """[BASE-GMPO] GMPO: ratio_i = exp(mean_t clipped log r), A_i = mean_t A_t, per-response
+    loss -A_i ratio_i on every token of response i, aggregated by loss_agg_mode.
+
+    d loss / d logp_t = W_i (-A_i ratio_i) / L_i with W_i = sum of the aggregation weights of
+    row i, for tokens whose clipped log-ratio passes (A_t != 0 and not clipped); else 0.
+    Autograd: ratio_i = exp(row mean of the clipped log-ratio), differentiable through the
+    passing tokens.
+    """
+    config = _config(config, GMPOConfig)
+    lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    log_r = lp - olp
+    clipped_lr, clipped_high, clipped_low = gmpo_clipped_log_ratio(
+        log_r, adv, m, config.eps_low, config.eps_high
+    )
+    log_ratio = to_tokens(row_mean(clipped_lr, m), m)
+    ratio = exp_ratio(log_ratio, m, validate=validate)
+    adv_seq = to_tokens(row_mean(adv, m), m)
+    per_token = -adv_seq * ratio
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)
+    loss = torch.sum(weight * per_token)
+    per_token = per_token.detach()
+    row_weight = to_tokens(row_sum(weight, m), m)
+    lengths = m.sum(dim=1).clamp(min=1).to(weight.dtype)[:, None]
+    passes = m & (adv != 0) & ~clipped_high & ~clipped_low
+    grad = torch.where(passes, row_weight * per_token / lengths, _zero(per_token))
+    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, torch.zeros_like(m))
+    extras = {"clipped_log_ratio": clipped_lr.detach(), "advantage_seq": adv_seq, "per_token_loss": per_token}
+    return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_ratio, extras)
+
+
+# --- CISPO -------------------------------------------------------------------------------
+
+
+def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = None, *,
+               validate: bool = True) -> LossResult:
+    """[BASE-CISPO] CISPO: loss = agg(-sg(clip(r, 1 - eps_low, 1 + eps_high)) A logp).
+
+    r = exp(clamp(logp - old_logp, -20, 20)); d loss / d logp_t = -w_t clip(r_t) A_t on every
+    response token (the clip caps the weight, it never zeroes the gradient). The weight is
+    computed from the detached ratio; the gradient flows through ``logp`` only.
+    """
+    config = _config(config, CISPOConfig)
+    lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    log_r, clamped = token_log_ratio(lp.detach(), olp, m, config)
+    ratio = exp_ratio(log_r, m, validate=validate)
+    low, high = 1.0 - config.eps_low, 1.0 + config.eps_high
+    is_weight = torch.where(m, torch.clamp(ratio, low, high), _zero(ratio))
+    clipped_high = m & (adv > 0) & (ratio > high)
+    clipped_low = m & (adv < 0) & (ratio < low)
+    capped = m & ((ratio > high) | (ratio < low))
+    per_token = -is_weight * adv * lp
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)
+    loss = torch.sum(weight * per_token)
+    grad = torch.where(m, -weight * is_weight * adv, _zero(is_weight))
+    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped,
+                               extra_counts={"capped_frac": capped})
+    extras = {"clamped": clamped, "is_weight": is_weight, "capped": capped,
+              "per_token_loss": per_token.detach()}
+    return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
