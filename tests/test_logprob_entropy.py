@@ -478,5 +478,5 @@ def test_token_logprobs_and_entropy_triton_random(triton_path, data):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_token_logprobs_and_entropy_triton_gpu_tiles(triton_path):
     """GPU tile sizes (128 x 128 x 64, vocabulary slices of 2048) on shapes spanning several tiles."""
-    run_case("triton", "bfloat16", 1000, 300, 5000, None, 0.9, "normal", 6.0, True, seed=1)
+    run_case("triton", "bfloat16", 2500, 300, 5000, None, 0.9, "normal", 6.0, True, seed=1)  # 20 row blocks: 3 groups
     run_case("triton", "float32", 333, 130, 4100, None, 1.0, "peaked", 30.0, False, seed=2)

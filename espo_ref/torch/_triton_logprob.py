@@ -47,8 +47,10 @@ GPU_CONFIG = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, GROUP_N=8, V_SPLIT=2048,
 INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_V=16, BLOCK_H=16, GROUP_N=2, V_SPLIT=64, num_warps=1, num_stages=1)
 
 
-def config(overrides: dict | None = None) -> dict:
+def config(dtype: torch.dtype, overrides: dict | None = None) -> dict:
     cfg = dict(INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)
+    if dtype == torch.float32 and not INTERPRET:
+        cfg["BLOCK_H"] = 32  # float32 tiles: 3 pipeline stages of 128 x 64 x 4 B x 2 would not fit in shared memory
     cfg.update(overrides or {})
     return cfg
 
@@ -68,6 +70,17 @@ def _max(a, b):
 # (torch._dynamo imports triton), the interpreter cannot call them. tl.reduce is a builtin, and
 # the combine functions above are decorated with this module, so the kernels below run under
 # the interpreter whenever the variable is set before this module is imported.
+
+
+@triton.jit
+def _grouped(pid, n_row_blocks, n_cols, GROUP_N: tl.constexpr):
+    """Launch order: consecutive programs take GROUP_N row blocks x all n_cols column blocks,
+    so the programs resident at once share a few hidden row blocks and weight tiles in L2."""
+    per_group = GROUP_N * n_cols
+    first_row_block = (pid // per_group) * GROUP_N
+    group_rows = tl.minimum(n_row_blocks - first_row_block, GROUP_N)
+    local = pid % per_group
+    return first_row_block + local % group_rows, local // group_rows
 
 
 @triton.jit
@@ -100,15 +113,7 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s_ptr, u_ptr, zt_ptr,
                 HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                 GROUP_N: tl.constexpr, V_SPLIT: tl.constexpr):
-    # Grouped launch order: consecutive programs take GROUP_N row blocks x all slices.
-    pid = tl.program_id(0)
-    n_row_blocks = (N + BLOCK_N - 1) // BLOCK_N
-    per_group = GROUP_N * n_splits
-    group = pid // per_group
-    first_row_block = group * GROUP_N
-    group_rows = tl.minimum(n_row_blocks - first_row_block, GROUP_N)
-    pid_n = first_row_block + (pid % per_group) % group_rows
-    pid_s = (pid % per_group) // group_rows
+    pid_n, pid_s = _grouped(tl.program_id(0), (N + BLOCK_N - 1) // BLOCK_N, n_splits, GROUP_N)
 
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -145,13 +150,14 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s_ptr, u_ptr, zt_ptr,
 def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, scale_ptr, g_ptr,
                         N, V_TILE, H, stride_h, stride_w, stride_g, v_offset, temperature,
                         HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                        GROUP_N: tl.constexpr):
     """g[n, j] = (onehot(target_n)[v_offset + j] - exp(z[n, j] - lse[n])) * scale[n] for j < V_TILE.
 
     ``w_ptr`` / ``b_ptr`` already point at row ``v_offset`` of the weight / bias.
     """
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    pid_n, pid_v = _grouped(tl.program_id(0), (N + BLOCK_N - 1) // BLOCK_N, (V_TILE + BLOCK_V - 1) // BLOCK_V,
+                            GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -188,7 +194,7 @@ def _merge(m, s, u, zt):
 
 def forward(hidden, weight, bias, targets, temperature: float, overrides: dict | None = None):
     """Fused forward: (logp, entropy, lse), each [N] float32. Inputs contiguous, same dtype."""
-    cfg = config(overrides)
+    cfg = config(hidden.dtype, overrides)
     N, H = hidden.shape
     V = weight.shape[0]
     n_splits = triton.cdiv(V, cfg["V_SPLIT"])
@@ -209,16 +215,16 @@ def forward(hidden, weight, bias, targets, temperature: float, overrides: dict |
 def grad_logits(hidden, weight_tile, bias_tile, targets, lse, scale, v_offset: int, temperature: float,
                 out: torch.Tensor, overrides: dict | None = None) -> torch.Tensor:
     """Write g = (onehot - softmax) * scale for the vocabulary rows of ``weight_tile`` into ``out``."""
-    cfg = config(overrides)
+    cfg = config(hidden.dtype, overrides)
     N, H = hidden.shape
     v_tile = weight_tile.shape[0]
     dot_f32, ieee = _flags(hidden)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(v_tile, cfg["BLOCK_V"]))
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(v_tile, cfg["BLOCK_V"]),)
     _grad_logits_kernel[grid](
         hidden, weight_tile, bias_tile if bias_tile is not None else hidden, targets, lse, scale, out,
         N, v_tile, H, hidden.stride(0), weight_tile.stride(0), out.stride(0), int(v_offset), float(temperature),
         HAS_BIAS=bias_tile is not None, DOT_F32=dot_f32, IEEE=ieee,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"], GROUP_N=cfg["GROUP_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

@@ -11,8 +11,8 @@ Two implementations, one switch (``impl``):
 
 * ``"torch"`` — pure torch, any device. The forward walks the rows in chunks of
   ``chunk_size``: logits of a chunk in float32 (matrix product in the input dtype with
-  float32 accumulation), ``lse = logsumexp``, ``logp = z[y] - lse``,
-  ``entropy = -sum p (z - lse)``. For bfloat16/float16 inputs the product is *not*
+  float32 accumulation); with ``m = max z``, ``e = exp(z - m)``, ``s = sum e``:
+  ``lse = m + log s``, ``logp = z[y] - lse``, ``entropy = log s - sum(e (z - m)) / s``. For bfloat16/float16 inputs the product is *not*
   rounded to the input dtype before ``.float()`` (that rounding alone costs up to
   |z| / 256 in logp): on CUDA it is written in float32 by ``torch.mm(out_dtype=)``; where
   that is missing (CPU, older torch) the operands are upcast to float32 first (exact; a
@@ -183,16 +183,26 @@ def _logits(hidden, weight, bias, temperature: float) -> torch.Tensor:
     return z
 
 
-def _chunk_stats(z: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
-    """(lse, logp, entropy or None) of logits z [C, V]; z is overwritten (log-softmax, then p log p)."""
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(1, targets[:, None])[:, 0] - lse
+def _chunk_stats(z: torch.Tensor, targets: torch.Tensor, with_entropy: bool, neg_inf: bool = False):
+    """[ESPO-ENT] (lse, logp, entropy or None) of logits z [C, V]; z is overwritten.
+
+    With m = max z, e = exp(z - m), s = sum e: lse = m + log s, logp = z_y - lse and
+    entropy = log s - sum(e (z - m)) / s (= -sum p log p, Eq. 6), one exp per logit.
+    ``neg_inf``: z may hold -inf (probability zero; contributes 0, the limit of p log p).
+    """
+    m = z.amax(dim=-1, keepdim=True)
+    z.sub_(m)
+    z_target = z.gather(1, targets[:, None])[:, 0]
+    if neg_inf:
+        z.clamp_min_(-1e30)  # exp underflows to 0 all the same, and 0 * -1e30 = 0 where 0 * -inf is NaN
+    e = torch.exp(z)
+    s = e.sum(dim=-1)
+    log_s = torch.log(s)
+    lse = m[:, 0] + log_s
+    logp = z_target - log_s
     if not with_entropy:
         return lse, logp, None
-    log_prob = z.sub_(lse[:, None])
-    prob = torch.exp(log_prob)
-    plogp = prob.mul_(log_prob.nan_to_num_(neginf=0.0))  # p log p -> 0 where p == 0 (z = -inf)
-    entropy = plogp.sum(dim=-1).neg_().clamp_min_(0.0)
+    entropy = (log_s - e.mul_(z).sum(dim=-1) / s).clamp_min_(0.0)
     return lse, logp, entropy
 
 
@@ -216,14 +226,13 @@ def _forward_torch(hidden, weight, bias, targets, temperature, chunk_size, with_
     return logp, entropy, lse
 
 
-def _grad_logits_torch(hidden_op, weight_s, bias_s, targets, lse, scale, v0, temperature, out):
-    """g = (onehot(y) - exp(z - lse)) * scale for the vocabulary slice starting at v0, written into out."""
+def _grad_logits_torch(hidden_op, weight_s, bias_s, targets, lse, scale, v0, temperature, g_dtype):
+    """g = (onehot(y) - exp(z - lse)) * scale for the vocabulary slice starting at v0, in g_dtype."""
     z = _logits(hidden_op, _operand(weight_s), bias_s.to(lse.dtype) if bias_s is not None else None, temperature)
     g = z.sub_(lse[:, None]).exp_().mul_(-scale[:, None])
     rows = ((targets >= v0) & (targets < v0 + weight_s.shape[0])).nonzero()[:, 0]
     g.index_put_((rows, targets[rows] - v0), scale[rows], accumulate=True)
-    out.copy_(g)
-    return out
+    return g.to(g_dtype)
 
 
 class _LinearLogprobEntropy(torch.autograd.Function):
@@ -262,19 +271,19 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             grad_weight = torch.empty_like(weight)
         if need_b:
             grad_bias = torch.empty(vocab, dtype=acc, device=hidden.device)
-        g_dtype = hidden.dtype
-        g = torch.empty((n, v_slice), dtype=g_dtype, device=hidden.device)
         tri = _triton_module() if ctx.impl == "triton" else None
+        if tri is not None:
+            g = torch.empty((n, v_slice), dtype=hidden.dtype, device=hidden.device)
         hidden_op = _operand(hidden)
         for v0 in range(0, vocab, v_slice):
             v1 = min(v0 + v_slice, vocab)
             w_s = weight[v0:v1]
             b_s = bias[v0:v1] if bias is not None else None
-            g_s = g[:, : v1 - v0]
             if tri is not None:
-                tri.grad_logits(hidden, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g_s, ctx.overrides)
+                g_s = tri.grad_logits(hidden, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g[:, : v1 - v0],
+                                      ctx.overrides)
             else:
-                _grad_logits_torch(hidden_op, w_s, b_s, targets, lse, scale, v0, ctx.temperature, g_s)
+                g_s = _grad_logits_torch(hidden_op, w_s, b_s, targets, lse, scale, v0, ctx.temperature, hidden.dtype)
             if need_b:
                 grad_bias[v0:v1] = g_s.sum(dim=0, dtype=acc)
             g_op = _operand(g_s)
@@ -335,7 +344,7 @@ def token_logprobs_and_entropy(hidden, weight, targets, temperature=1.0, bias=No
     chunk_size = _check_chunk(chunk_size, vocab)
     if not isinstance(with_entropy, bool):
         raise ESPOInputError(f"with_entropy must be a bool, got {with_entropy!r}")
-    impl = _choose_impl(impl, hidden.device)
+    impl = _choose_impl(impl, hidden.device) if n else "torch"  # nothing to launch a kernel for
     targets = _check_targets(targets, n, vocab, hidden.device)
     _check_finite(hidden, "hidden")
     _check_finite(weight, "weight")
@@ -360,9 +369,9 @@ class _LogitsLogprobEntropy(torch.autograd.Function):
         entropy = torch.empty(n, dtype=acc, device=logits.device)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            z = logits[start:stop].to(acc)  # a copy unless logits is already acc dtype
-            z = z / temperature if temperature != 1.0 else z.clone()
-            lse[start:stop], logp[start:stop], entropy[start:stop] = _chunk_stats(z, targets[start:stop], True)
+            z = logits[start:stop].to(acc) / temperature  # a float32 (float64) copy of the chunk
+            lse[start:stop], logp[start:stop], entropy[start:stop] = _chunk_stats(z, targets[start:stop], True,
+                                                                                  neg_inf=True)
         ctx.save_for_backward(logits, targets, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(entropy)
