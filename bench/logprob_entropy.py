@@ -12,7 +12,8 @@ upstream gradient into hidden and weight; entropy computed alongside, detached) 
 milliseconds; TFLOP/s counted on the nominal 2NVH (forward) and 6NVH (forward + the two
 gradient products; the backward's recomputation of the logits is not counted); ``x mm``,
 time over the lm-head product's; peak extra memory of forward + backward beyond the inputs
-(CUDA: allocator peak, so it includes the returned gradients of hidden and weight; CPU:
+(CUDA: allocator peak, so it includes the returned gradients of hidden and weight, and
+``-grads`` is the same less their size; CPU:
 peak resident set (VmHWM, reset first) over the resident set before, in a
 fresh subprocess).
 
@@ -218,6 +219,7 @@ def main() -> None:
     hidden, weight, targets, grad_out = make_inputs(args.n, args.h, args.v, dtype, device)
     flops_fwd = 2 * args.n * args.v * args.h
     logits_bytes = args.n * args.v * 4
+    grads_bytes = (hidden.numel() + weight.numel()) * hidden.element_size()  # returned d hidden, d weight
 
     def mm():
         hidden @ weight.t()
@@ -241,6 +243,7 @@ def main() -> None:
                     lambda: run_backward(fn, hidden, weight, targets, grad_out, args.chunk))
             else:
                 row["peak_extra_bytes"] = cpu_peak(args, name)
+            row["peak_extra_excl_grads_bytes"] = row["peak_extra_bytes"] - grads_bytes
         except torch.cuda.OutOfMemoryError as e:
             row["error"] = f"OOM: {str(e).splitlines()[0][:120]}"
             torch.cuda.empty_cache()
@@ -251,7 +254,7 @@ def main() -> None:
               f"ours: chunk {args.ours_chunk or default_chunk_size(args.v)} rows; N x V float32 logits = "
               f"{logits_bytes / 2**30:.2f} GiB\n"
               f"{'method':<12} {'fwd ms':>9} {'TFLOP/s':>8} {'x mm':>6} {'f+b ms':>9} {'TFLOP/s':>8} {'x mm':>6} "
-              f"{'peak MiB':>9}")
+              f"{'peak MiB':>9} {'-grads':>9}")
     lines = [header]
     for r in rows:
         if "error" in r:
@@ -261,7 +264,8 @@ def main() -> None:
         lines.append(f"{r['method']:<12} {r['fwd_ms']:>9.2f} {r['fwd_tflops']:>8.2f} {r['fwd_x_mm']:>6.2f} "
                      f"{fmt(r.get('fwdbwd_ms', '-'), '>9.2f')} {fmt(r.get('fwdbwd_tflops', '-'), '>8.2f')} "
                      f"{fmt(r.get('fwdbwd_x_mm', '-'), '>6.2f')} "
-                     f"{fmt(peak / 2**20 if peak is not None else '-', '>9.1f')}")
+                     f"{fmt(peak / 2**20 if peak is not None else '-', '>9.1f')} "
+                     f"{fmt(peak / 2**20 - grads_bytes / 2**20 if peak is not None else '-', '>9.1f')}")
     table = "\n".join(lines)
     print(table)
     name = args.name or f"logprob_entropy_{device}"

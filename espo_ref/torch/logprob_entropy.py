@@ -290,7 +290,10 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             if need_h:
                 acc_hidden += _mm(g_op, _operand(w_s))
             if need_w:
-                grad_weight[v0:v1] = _mm(g_op.t(), hidden_op)
+                if g_op.dtype == weight.dtype == hidden_op.dtype:  # one product over all N rows, written in place
+                    torch.mm(g_op.t(), hidden_op, out=grad_weight[v0:v1])
+                else:  # operands upcast to float32 (CPU, half dtype): round once on the copy
+                    grad_weight[v0:v1] = _mm(g_op.t(), hidden_op)
         if need_h:
             grad_hidden = acc_hidden.to(hidden.dtype)
         if need_b:
@@ -298,12 +301,15 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-def _choose_impl(impl, device) -> str:
+def _choose_impl(impl, device, dtype=torch.float32) -> str:
     if impl not in _IMPLS:
         raise ESPOInputError(f"impl must be one of {_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        fused = device.type == "cuda" and dtype != torch.float64 and triton_available()
+        return "triton" if fused else "torch"
     if impl == "triton":
+        if dtype == torch.float64:
+            raise ESPOInputError("impl='triton' takes float16, bfloat16 or float32 hidden/weight, got float64")
         tri = _triton_module()
         if not tri:
             raise ESPOInputError("impl='triton' needs the triton package, which is not importable")
@@ -344,7 +350,7 @@ def token_logprobs_and_entropy(hidden, weight, targets, temperature=1.0, bias=No
     chunk_size = _check_chunk(chunk_size, vocab)
     if not isinstance(with_entropy, bool):
         raise ESPOInputError(f"with_entropy must be a bool, got {with_entropy!r}")
-    impl = _choose_impl(impl, hidden.device) if n else "torch"  # nothing to launch a kernel for
+    impl = _choose_impl(impl, hidden.device, hidden.dtype) if n else "torch"  # nothing to launch a kernel for
     targets = _check_targets(targets, n, vocab, hidden.device)
     _check_finite(hidden, "hidden")
     _check_finite(weight, "weight")
