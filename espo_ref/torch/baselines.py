@@ -15,7 +15,10 @@ float32; other inputs are moved to logp's device. Per-token fields are detached 
 syncs); ``validate=False`` skips them, and the loss then makes no host-device sync.
 ``metrics`` are Python floats fetched in one transfer after the loss is built (one sync).
 A ratio that overflows the compute dtype is an error (float32: log-ratio above ~88.7,
-where float64 allows ~709: a range limit of the dtype, not a change of semantics).
+where float64 allows ~709: a range limit of the dtype, not a change of semantics); for the
+same reason ``approx_kl`` (expm1 of the raw log-ratio) is inf in float32 beyond ~88.7.
+In float32 the clip and clamp decisions compare float32 values with the bound rounded to
+float32, so they can differ from the core's float64 decision within an ulp of a bound.
 """
 
 from __future__ import annotations
