@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_real_array, check_shape, finite_on
+from ._checks import as_real_array, entropy_in_range, finite_on
 from ._segments import Segments
 from .config import ESPOConfig
 from .errors import ESPOInputError
@@ -23,6 +23,8 @@ def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
     g = check_groups(groups, ent.shape)
     response = g >= 0
     ent = finite_on(ent, response, "entropy")
+    entropy_in_range(ent, response, config.log_vocab, config.entropy_tolerance)
+    ent = np.clip(ent, 0.0, config.log_vocab)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
     scale = config.alpha / config.log_vocab
     if config.eps_reading == "group_mean":
         seg = Segments(g, response)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import advantages_2d, check_shape, token_inputs
+from ._checks import advantages_2d, as_real_array, check_shape, token_inputs
 from ._segments import Segments
 from .clipping import clip_bounds
 from .config import ESPOConfig
@@ -119,8 +119,8 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig) -> 
     if not isinstance(config, ESPOConfig):
         raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
     lp, olp, m = token_inputs(logp, old_logp, mask)
+    check_shape(as_real_array(entropy, "entropy", ndim=2), "entropy", lp.shape, "logp")
     ent, _ = validate_entropy(entropy, m, config)
-    check_shape(ent, "entropy", lp.shape, "logp")
     adv = advantages_2d(advantages, m)
 
     groups = entropy_groups(ent, m, config)

@@ -7,7 +7,7 @@ import torch
 
 from ..config import ESPOConfig
 from ..errors import ESPOInputError
-from ._checks import as_real_tensor, coerce, compute_dtype, finite_on
+from ._checks import as_real_tensor, coerce, compute_dtype, entropy_in_range, finite_on
 from ._segments import Segments
 from .grouping import check_groups, trained_tokens
 
@@ -42,6 +42,9 @@ def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True
     ent = as_real_tensor(entropy, "entropy", ndim=2)
     g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)
+    if validate:
+        entropy_in_range(ent, g >= 0, config.log_vocab, config.entropy_tolerance)
+    ent = ent.clamp(0.0, config.log_vocab)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
     return _group_clip_eps(ent, *_segments(g, config, None), config)
 
 

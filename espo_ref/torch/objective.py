@@ -9,7 +9,7 @@ from ..config import ESPOConfig
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
 from ..result import LossResult
-from ._checks import advantages_2d, check_shape, coerce, first_index, token_inputs
+from ._checks import advantages_2d, as_real_tensor, check_shape, coerce, first_index, token_inputs
 from ._segments import Segments
 from .clipping import _clip_bounds, _segments
 from .grouping import _entropy_groups, group_width, trained_tokens, validate_entropy
@@ -179,8 +179,8 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     if not isinstance(config, ESPOConfig):
         raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
     lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
+    check_shape(as_real_tensor(entropy, "entropy", ndim=2, device=lp.device), "entropy", tuple(lp.shape), "logp")
     ent, _ = validate_entropy(entropy, m, config, device=lp.device, validate=validate)
-    check_shape(ent, "entropy", tuple(lp.shape), "logp")
     dtype = lp.dtype
     adv = advantages_2d(advantages, m, dtype, validate=validate)
 
