@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     conform.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     conform.set_defaults(handler=_conform)
 
+    from .train.cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
+
     args = parser.parse_args(argv)
     return args.handler(args)
 

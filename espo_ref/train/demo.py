@@ -1,0 +1,133 @@
+"""``espo-ref demo``: the tiny model on the templated arithmetic task, ESPO against GSPO.
+
+Both algorithms start from the same supervised warm-start (the answer template with random
+answers: format, not arithmetic), use the same seed, prompts, sampling budget and update
+schedule, and are compared in ``report.md`` with the plots of the paper's Figs. 3-5.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .._io import write_atomic
+from .config import TrainConfig
+from .metrics import mean_of, plot_runs, read_metrics
+
+DEMO_ALGOS = ("espo", "gspo")
+DEMO_STEPS = 200
+DEMO_SETTINGS = dict(
+    task="arith", task_options={"max_operand": 4}, model="tiny", model_hidden=64, model_layers=2,
+    prompts_per_step=8, group_size=8, temperature=1.0, max_new_tokens=24, ppo_epochs=2, minibatches=2,
+    lr=1e-3, grad_clip=1.0, score_truncated=True, sft_steps=150, sft_batch=32, sft_lr=3e-3,
+    eval_prompts=200, checkpoint_every=50, device="cpu", threads=1,
+)
+
+
+def demo_config(out_dir, steps: int | None = None, seed: int = 0) -> TrainConfig:
+    return TrainConfig(out_dir=str(out_dir), steps=steps or DEMO_STEPS, seed=seed, **DEMO_SETTINGS)
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _row(label: str, summary: dict, records: list[dict]) -> str:
+    first = records[: min(10, len(records))]
+    cells = [
+        label, str(summary["steps"]), f"{summary['wall_time_s']:.0f}",
+        _fmt(mean_of(first, "reward")), _fmt(summary["reward_last10"]), _fmt(summary["accuracy_last10"]),
+        f"{_fmt(summary.get('eval_accuracy_before'), 2)} -> {_fmt(summary.get('eval_accuracy_after'), 2)}",
+        f"{_fmt(mean_of(records, 'clipfrac_high'), 4)} / {_fmt(mean_of(records, 'clipfrac_low'), 4)}",
+        f"{_fmt(mean_of(records, 'clipfrac_high_group'), 4)} / {_fmt(mean_of(records, 'clipfrac_low_group'), 4)}",
+        f"{_fmt(mean_of(first, 'entropy'))} -> {_fmt(mean_of(records, 'entropy', 10))}",
+        _fmt(mean_of(records, "approx_kl"), 5),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, total_s: float) -> Path:
+    import torch
+    import transformers
+
+    header = ("| algorithm | steps | time (s) | reward, first 10 steps | reward, last 10 | accuracy, last 10 "
+              "| greedy eval accuracy, before -> after | clip frac upper / lower | clip frac high- / low-entropy "
+              "group | entropy, first -> last 10 | approx KL |")
+    rule = "|" + "---|" * 11
+    rows = [_row(algo.upper(), summary, records) for algo, (summary, records) in results.items()]
+    lines = [
+        "# espo-ref demo: ESPO and GSPO on a templated arithmetic task",
+        "",
+        f"Tiny Qwen2-style model ({config.model_layers} layers, width {config.model_hidden}, character "
+        f"vocabulary), task `{config.task}` {json.dumps(config.task_options)}: prompts like `Q: 3+4 = ?` and "
+        "answers in the template ` the answer is 7 .` — easy, low-entropy template tokens around one hard "
+        "decision token, the structure ESPO's entropy grouping targets. Reward 1 for the exact template "
+        "with the right sum, else 0.",
+        "",
+        f"**Warm-start** (shared by both runs): {warm['warm_start_steps']} supervised steps on the template "
+        "with *random* answers (it teaches the format, not the arithmetic); cross-entropy "
+        f"{_fmt(warm['warm_start_loss_first'])} -> {_fmt(warm['warm_start_loss_last'])}, greedy accuracy after "
+        f"it {_fmt(warm.get('eval_accuracy'), 2)} on {config.eval_prompts} prompts.",
+        "",
+        f"**RL**: {config.steps} steps per algorithm, same seed ({config.seed}), same prompts and sampling "
+        f"generator per step; {config.prompts_per_step} prompts x G = {config.group_size} responses at "
+        f"temperature {config.temperature}; {config.ppo_epochs} epochs x {config.minibatches} mini-batches per "
+        f"rollout; AdamW lr {config.lr}, gradient clip {config.grad_clip}. ESPO: the reference defaults "
+        "(alpha 0.02, top 20% entropy group, group-mean epsilon, GSPO-token ratio); GSPO: eps 3e-4 / 4e-4. "
+        "Advantages by Eq. 11 [ESPO-ADV].",
+        "",
+        header, rule, *rows,
+        "",
+        "Reward and accuracy are the training samples' (temperature 1); greedy eval accuracy is on "
+        f"{config.eval_prompts} fixed prompts before and after RL. Clip fractions are over all response "
+        "tokens, averaged over the mini-batch updates (the first mini-batch of a rollout has ratio 1).",
+        "",
+        "![reward and accuracy](reward.png)",
+        "",
+        "![entropy and response length](entropy.png)",
+        "",
+        "![clip fractions](clipfrac.png)",
+        "",
+        f"One seed, a 2-layer model, {config.steps} steps: an illustration of the loop and the diagnostics "
+        "of the paper's Figs. 3-5, not evidence about large models. `bench/sample_efficiency.py` runs every "
+        "algorithm on several seeds.",
+        "",
+        f"Total wall time {total_s:.0f} s on {platform.machine()} ({platform.platform()}), Python "
+        f"{sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}. "
+        f"Per-run files: {', '.join(f'`{a}/`' for a in results)} (metrics.jsonl, checkpoints, plots).",
+        "",
+    ]
+    path = out / "report.md"
+    write_atomic(path, "\n".join(lines))
+    return path
+
+
+def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, progress: bool = True,
+             log=print) -> Path:
+    """Warm-start once, train ESPO and GSPO from it on the same budget, write
+    ``report.md`` and the comparison plots into ``out_dir``. Returns the report path."""
+    from .trainer import train, warm_start_weights
+
+    out = Path(out_dir)
+    for name in ("warmstart", *DEMO_ALGOS):  # the demo's own folders from an earlier demo
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    config = demo_config(out, steps, seed)
+    start = time.perf_counter()
+    log(f"warm-start: {config.sft_steps} supervised steps on the answer template (random answers)")
+    warm = warm_start_weights(config, out / "warmstart" / "weights.pt", progress=progress)
+    results = {}
+    for algo in DEMO_ALGOS:
+        log(f"{algo.upper()}: {config.steps} RL steps")
+        run_config = config.replace(algo=algo, out_dir=str(out / algo), init_weights=str(out / "warmstart" / "weights.pt"),
+                                    sft_steps=0)
+        summary = train(run_config, progress=progress, log=log)
+        results[algo] = (summary, read_metrics(out / algo))
+        log(f"{algo.upper()}: reward last 10 steps {summary['reward_last10']:.3f}, greedy accuracy "
+            f"{summary.get('eval_accuracy_before', float('nan')):.2f} -> {summary.get('eval_accuracy_after', float('nan')):.2f}")
+    plot_runs({algo.upper(): records for algo, (_, records) in results.items()}, out)
+    return write_report(out, config, warm, results, time.perf_counter() - start)

@@ -1,0 +1,60 @@
+"""Policy models: a tiny causal LM from a transformers config, or a local Hugging Face model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .tokenizer import CharTokenizer, HFTokenizer
+
+
+def build_tiny(tokenizer: CharTokenizer, hidden: int = 64, layers: int = 2, heads: int = 4,
+               max_positions: int = 256, seed: int = 0):
+    """A Qwen2-style causal LM with random weights (seeded): ``layers`` decoder layers of
+    width ``hidden``, tied input/output embeddings, no dropout."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if hidden % heads:
+        raise ValueError(f"model_hidden ({hidden}) must be a multiple of model_heads ({heads})")
+    config = Qwen2Config(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2) if heads % 2 == 0 else heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True, attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    return model
+
+
+def load_policy(name: str, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
+    """(model, tokenizer): ``tiny`` builds the tiny model and the project's character
+    tokenizer; anything else is the path of a local Hugging Face causal LM and tokenizer."""
+    if name == "tiny":
+        tokenizer = CharTokenizer()
+        return build_tiny(tokenizer, hidden, layers, heads, seed=seed), tokenizer
+    path = Path(name)
+    if not path.is_dir():
+        raise ValueError(f"--model must be 'tiny' or a local model folder; {name!r} is not a folder")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return model, HFTokenizer(tokenizer)
+
+
+def vocab_size(model) -> int:
+    """The model's vocabulary size (config.vocab_size): the size of its softmax, the V of
+    Eq. 6 and of log|V| in Eq. 8 [ESPO-ENT-DOMAIN]."""
+    return int(model.config.vocab_size)
+
+
+def hidden_path_ok(model) -> bool:
+    """Whether logits are exactly lm_head(final hidden state): no soft-capping or scaling."""
+    cfg = model.config
+    return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+            and model.get_output_embeddings() is not None)

@@ -1,0 +1,284 @@
+"""The trainer (espo_ref.train): a 3-step CPU training per algorithm, exact resume,
+the non-finite guard, the JSONL loader, verifiers, metrics and plots, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+import espo_ref.torch as backend  # noqa: E402
+from espo_ref.cli import main as cli_main  # noqa: E402
+from espo_ref.train import ALGOS, TrainConfig, train  # noqa: E402
+from espo_ref.train import checkpoint as ckpt  # noqa: E402
+from espo_ref.train import trainer as trainer_module  # noqa: E402
+from espo_ref.train.config import loss_config  # noqa: E402
+from espo_ref.train.metrics import read_metrics  # noqa: E402
+from espo_ref.train.rollout import response_mask_of, score, build_rollout  # noqa: E402
+from espo_ref.train.tasks import (ArithTask, ReverseTask, exact_match, load_jsonl, load_verifier,  # noqa: E402
+                                  make_task, numeric_match)
+from espo_ref.train.tokenizer import CharTokenizer  # noqa: E402
+
+STEP_KEYS = ("reward", "accuracy", "response_length", "entropy", "clipfrac_high", "clipfrac_low", "approx_kl",
+             "grad_norm", "tokens_per_s", "step_time", "gen_time", "old_logprob_time", "update_time", "loss")
+
+
+def tiny(tmp_path, name="run", **changes) -> TrainConfig:
+    settings = dict(out_dir=str(tmp_path / name), steps=3, prompts_per_step=2, group_size=4, max_new_tokens=20,
+                    model_hidden=32, model_layers=1, model_heads=2, ppo_epochs=2, minibatches=2, sft_steps=3,
+                    sft_batch=8, checkpoint_every=1, score_truncated=True, seed=3)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def require_loss(algo):
+    if algo != "espo" and not hasattr(backend, f"{algo}_loss"):
+        pytest.skip(f"espo_ref.torch.{algo}_loss (the torch baseline) is not available yet")
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_train_three_steps_per_algorithm(tmp_path, algo):
+    require_loss(algo)
+    config = tiny(tmp_path, algo=algo)
+    summary = train(config, progress=False)
+    records = read_metrics(config.out_dir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        for key in STEP_KEYS:
+            assert key in r and math.isfinite(r[key]), (algo, key, r.get(key))
+        assert 0.0 <= r["reward"] <= 1.0 and 0.0 <= r["clipfrac_high"] <= 1.0
+    if algo == "espo":
+        for key in ("clipfrac_high_group", "clipfrac_low_group", "eps_mean_high_group", "eps_mean_low_group"):
+            assert key in records[0], key
+    assert summary["steps"] == 3
+    out = Path(config.out_dir)
+    for name in ("reward.png", "entropy.png", "clipfrac.png", "summary.json", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000003"
+
+
+def test_ratios_move_and_clipping_acts(tmp_path):
+    """Several mini-batch updates per rollout: the later ones see ratios != 1."""
+    config = tiny(tmp_path, steps=2, lr=3e-3, ppo_epochs=2, minibatches=2, sft_steps=0,
+                  verifier="test_train:length_verifier")  # rewards differ within a group
+    train(config, progress=False)
+    records = read_metrics(config.out_dir)
+    assert all(r["advantage_abs_mean"] > 0 for r in records)
+    assert all(r["approx_kl"] > 0 for r in records)
+    assert any(r["clipfrac"] > 0 for r in records)
+
+
+def _weights(out_dir):
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(Path(out_dir) / "checkpoints"))["weights"]
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    """A run that crashes after step 3's metrics (before its checkpoint) and is resumed ends
+    with the same weights, bit for bit, as the uninterrupted run."""
+    straight = tiny(tmp_path, "straight", steps=4, checkpoint_every=2)
+    train(straight, progress=False)
+
+    broken = tiny(tmp_path, "broken", steps=4, checkpoint_every=2)
+    real_save = ckpt.save_checkpoint
+
+    def crash_at_step_3(ckpt_dir, step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_save(ckpt_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(broken.replace(checkpoint_every=1), progress=False)  # checkpoints 1, 2; crash at 3
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    assert [r["step"] for r in read_metrics(broken.out_dir)] == [1, 2, 3]
+    with pytest.raises(ValueError, match="different configuration"):
+        train(broken.replace(lr=0.5), resume=True, progress=False)
+    train(broken.replace(checkpoint_every=1), resume=True, progress=False)
+
+    a, b = _weights(straight.out_dir), _weights(broken.out_dir)
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"weights differ after resume: {differing}"
+    rewards = lambda d: [(r["step"], r["reward"], r["loss"]) for r in read_metrics(d)]
+    assert rewards(straight.out_dir) == rewards(broken.out_dir)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    config = tiny(tmp_path, steps=1, sft_steps=0)
+    train(config, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, progress=False)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = trainer_module.compute_loss
+    calls = {"n": 0}
+
+    def nan_at_step_3(algo, logp, batch, advantages, config):
+        result = real(algo, logp, batch, advantages, config)
+        calls["n"] += 1
+        if calls["n"] > 2 * 4:  # steps 1-2 have 4 mini-batch updates each
+            object.__setattr__(result, "loss", result.loss * float("nan"))
+        return result
+
+    monkeypatch.setattr(trainer_module, "compute_loss", nan_at_step_3)
+    config = tiny(tmp_path, steps=5)
+    with pytest.raises(trainer_module.NonFiniteLossError) as info:
+        train(config, progress=False)
+    message = str(info.value)
+    assert "non-finite loss nan at step 3" in message and "mini-batch 1/2" in message
+    assert "step-000002" in message
+    latest = ckpt.latest_checkpoint(Path(config.out_dir) / "checkpoints")
+    assert latest.name == "step-000002"
+    loaded = ckpt.load_checkpoint(latest)
+    assert loaded["state"]["step"] == 2
+    assert all(bool(torch.isfinite(v).all()) for v in loaded["weights"].values() if v.is_floating_point())
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "--out", str(out), "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+            "--model-hidden", "32", "--model-layers", "1", "--model-heads", "2", "--max-new-tokens", "20",
+            "--checkpoint-every", "1", "--quiet", "--alpha", "0.05"]
+    assert cli_main(args) == 0
+    assert cli_main(["train", "--out", str(out), "--steps", "3", "--resume", "--quiet"]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["alpha"] == 0.05
+    assert cli_main(["train", "--out", str(tmp_path / "bad"), "--algo", "gspo", "--alpha", "0.1", "--quiet"]) == 2
+    assert "only apply to --algo espo" in capsys.readouterr().err
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def test_loss_config_options():
+    espo = loss_config(TrainConfig(alpha=0.05, grouping="none", log_ratio_clamp=None), 70)
+    assert (espo.vocab_size, espo.alpha, espo.grouping, espo.log_ratio_clamp) == (70, 0.05, "none", None)
+    gspo = loss_config(TrainConfig(algo="gspo", eps_high=1e-3), 70)
+    assert (gspo.eps_low, gspo.eps_high, gspo.log_ratio_clamp) == (3e-4, 1e-3, 10.0)
+    with pytest.raises(ValueError, match="only apply to --algo espo"):
+        loss_config(TrainConfig(algo="grpo", top_fraction=0.1), 70)
+    with pytest.raises(ValueError, match="algo must be one of"):
+        TrainConfig(algo="ppo")
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        TrainConfig(group_size=1)
+
+
+# --- rollout pieces ----------------------------------------------------------------------------
+
+
+def test_response_mask_stops_after_eos():
+    eos = 2
+    ids = torch.tensor([[5, 6, eos, 0, 0], [5, eos, eos, 7, 0], [5, 6, 7, 8, 9]])
+    want = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(response_mask_of(ids, eos), want)
+
+
+def test_unscored_and_truncated_responses_are_invalid():
+    tok = CharTokenizer()
+    eos = tok.eos_token_id
+    rows = [tok.encode(" the answer is 7 .") + [eos], tok.encode(" the answer is 8 .") + [eos], tok.encode(" the an")]
+    width = max(len(r) for r in rows)
+    r_ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    p_ids = torch.full((3, 2), tok.bos_token_id)
+    rollout = build_rollout(p_ids, torch.ones_like(p_ids), r_ids, torch.zeros(3), ["7", "7", "7"], tok)
+    assert rollout.texts == [" the answer is 7 .", " the answer is 8 .", " the an"]
+    score(rollout, ArithTask())
+    assert rollout.rewards.tolist() == [1.0, 0.0, 0.0] and rollout.valid.tolist() == [True, True, False]
+    score(rollout, ArithTask(), score_truncated=True)
+    assert rollout.valid.tolist() == [True, True, True]
+    skip_eights = ArithTask(verifier=lambda response, answer: None if "8" in response else 1.0)
+    score(rollout, skip_eights)
+    assert rollout.valid.tolist() == [True, False, False]
+
+
+# --- tasks, verifiers, JSONL ---------------------------------------------------------------------
+
+
+def test_builtin_tasks_are_seeded_and_verifiable():
+    import numpy as np
+
+    for name in ("arith", "reverse"):
+        task = make_task(name)
+        a, b = task.batch(5, 7, 4), task.batch(5, 7, 4)
+        assert a == b and a != task.batch(5, 8, 4)
+        rng = np.random.default_rng(0)
+        for ex in a:
+            assert task.verify(task.format_answer(ex.answer), ex.answer) == 1.0
+            assert task.verify(task.format_response(ex, rng, correct_fraction=1.0), ex.answer) == 1.0
+    assert ArithTask().verify(" the answer is 11 .", "11") == 1.0
+    assert ArithTask().verify(" the answer is 11", "11") == 0.0
+    assert ArithTask(terms=3, times=True).example(np.random.default_rng(1)).prompt.startswith("Q: ")
+    assert ReverseTask().verify(" 4 1 3 .", "4 1 3") == 1.0
+    assert ReverseTask().verify(" 4 1 9 .", "4 1 3") == pytest.approx(2 / 3)
+    assert ReverseTask().verify(" 4 1 .", "4 1 3") == 0.0
+
+
+def test_verifiers():
+    assert exact_match("  42 \n", "42") == 1.0 and exact_match("42.", "42") == 0.0
+    assert numeric_match("so x = 3.50", "3.5") == 1.0
+    assert numeric_match("1,000 apples", "1000") == 1.0
+    assert numeric_match("no number", "3") == 0.0 and numeric_match("4", "3") == 0.0
+    assert load_verifier("numeric") is numeric_match
+    assert load_verifier("math:isclose").__name__ == "isclose"
+    with pytest.raises(ValueError, match="module:function"):
+        load_verifier("fuzzy")
+    task = make_task("arith", verifier="test_train:length_verifier")
+    assert task.verify("abc", "x") == 3.0
+
+
+def length_verifier(response: str, answer: str) -> float:
+    """A user-supplied verifier for the hook test."""
+    return float(len(response))
+
+
+def test_jsonl_loader(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "1+1?", "answer": 2}\n\n{"prompt": "hi", "answer": "yo", "response": " yo"}\n')
+    examples = load_jsonl(good)
+    assert [(e.prompt, e.answer, e.response) for e in examples] == [("1+1?", "2", None), ("hi", "yo", " yo")]
+    task = make_task(f"jsonl:{good}", verifier="numeric")
+    assert task.verify("it is 2", "2") == 1.0
+    assert len(task.batch(0, 3, 5)) == 5
+
+
+@pytest.mark.parametrize("lines, line, text", [
+    (['{"prompt": "a", "answer": "b"}', '{"prompt": "a", "answer": '], 2, "not valid JSON"),
+    (['{"prompt": "a", "answer": "b"}', "", '["prompt", "answer"]'], 3, "expected a JSON object"),
+    (['{"prompt": "a"}'], 1, "missing field 'answer'"),
+    (['{"prompt": "a", "answer": "b"}', '{"prompt": 3, "answer": "b"}'], 2, "'prompt' must be a non-empty string"),
+    (['{"prompt": "a", "answer": [1]}'], 1, "'answer' must be a string or a number"),
+    (['{"prompt": "a", "answer": true}'], 1, "'answer' must be a string or a number"),
+])
+def test_jsonl_loader_rejects_malformed_lines(tmp_path, lines, line, text):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as info:
+        load_jsonl(path)
+    assert str(info.value).startswith(f"{path}:{line}: ") and text in str(info.value)
+
+
+def test_jsonl_loader_rejects_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="no examples"):
+        load_jsonl(path)
+
+
+def test_cli_train_options_are_config_fields():
+    import dataclasses
+
+    from espo_ref.train.cli import TRAIN_OPTIONS
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(field in fields for _, field, _, _ in TRAIN_OPTIONS)
