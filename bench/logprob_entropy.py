@@ -10,7 +10,8 @@ only) when importable.
 Columns: forward (logp + entropy, no grad) and forward + backward (logp with a random
 upstream gradient into hidden and weight; entropy computed alongside, detached) in
 milliseconds; TFLOP/s counted on the nominal 2NVH (forward) and 6NVH (forward + the two
-gradient products; the backward's recomputation of the logits is not counted); ``x mm``,
+gradient products; the backward's recomputation of the logits is not counted, so without
+materialising [N, V] a forward + backward costs at least 4 products, ``x mm`` >= 4); ``x mm``,
 time over the lm-head product's; peak extra memory of forward + backward beyond the inputs
 (CUDA: allocator peak, so it includes the returned gradients of hidden and weight, and
 ``-grads`` is the same less their size; CPU:

@@ -33,7 +33,16 @@ from espo_ref.torch.logprob_entropy import token_logprobs_and_entropy, token_log
 
 CLAUSE = "[ESPO-ENT]"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _has_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["triton"] = None
+        return False
+
+
+HAS_TRITON = _has_triton()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MAX_LOGIT = 100.0  # the value rows hold for |z| <= 100; larger examples are rejected, not tolerated
 
