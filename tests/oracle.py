@@ -7,7 +7,7 @@ values. Inputs are array-likes indexed ``[b][t]``; outputs are nested lists. Pad
 positions are never read, so they may hold anything.
 
 Where the spec leaves a value undefined, the oracle returns NaN there and the tests skip
-it (see ``oracle_group_clip_eps`` with K_i = 0).
+it (none at present).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-NAN = float("nan")
 
 
 def _rows(x):
@@ -144,7 +143,8 @@ def oracle_group_clip_eps(entropy, groups, config):
     """[ESPO-CLIP] / [ESPO-CLIP-TOKEN] Eq. 8 per token, 0 on padding.
 
     group_mean: alpha * mean_{t in tau} e_t / log V (all tokens of tau, dropped included).
-    token_over_groups: alpha * e_t / (log V * K_i); NaN where K_i = 0 (undefined in the spec).
+    token_over_groups: alpha * e_t / (log V * K_i), with K_i = 1 for a response without a
+    trained group (its eps is diagnostic only).
     """
     entropy = oracle_clamp_entropy(entropy, [[g >= 0 for g in row] for row in groups], config)
     log_v = math.log(config.vocab_size)
@@ -160,7 +160,7 @@ def oracle_group_clip_eps(entropy, groups, config):
             k = oracle_num_groups(groups, trained, b)
             for t, g in enumerate(groups[b]):
                 if g >= 0:
-                    eps[b][t] = config.alpha * float(entropy[b][t]) / (log_v * k) if k else NAN
+                    eps[b][t] = config.alpha * float(entropy[b][t]) / (log_v * max(k, 1))
     return eps
 
 
