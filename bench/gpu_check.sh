@@ -27,7 +27,7 @@ PY
 
 echo "== 1. torch tests on cuda"
 if python -c "import pytest, hypothesis" 2>/dev/null; then
-  timeout 170 python -m pytest -q -p no:cacheprovider tests/test_torch_*.py -k cuda -rfE 2>&1 | tee "$DEST/loss_overhead_gpu_check_pytest.txt"
+  timeout 130 python -m pytest -q -p no:cacheprovider tests/test_torch_*.py -k cuda -rfE 2>&1 | tee "$DEST/loss_overhead_gpu_check_pytest.txt"
   TESTS_RC=${PIPESTATUS[0]}
 else
   echo "pytest or hypothesis missing: tests not run" | tee "$DEST/loss_overhead_gpu_check_pytest.txt"

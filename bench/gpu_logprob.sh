@@ -17,6 +17,7 @@ mkdir -p "$DEST"
 cat "$DEST/logprob_entropy_gpu_env.txt"
 
 # Benchmark first (the measurement that matters), then the tests; each under its own limit.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 timeout 100 python bench/logprob_entropy.py --n 16384 --h 4096 --v 151936 --dtype bfloat16 --chunk 2048 --repeats 5
 bench_rc=$?
 [ "$DEST" != "bench/results" ] && cp bench/results/logprob_entropy_cuda.json bench/results/logprob_entropy_cuda.md "$DEST/" 2>/dev/null

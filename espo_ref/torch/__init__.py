@@ -45,3 +45,8 @@ __all__ += ["LOSS_AGG_MODES", "agg_loss", "agg_weights", "BaselineConfig", "GRPO
             "GSPOConfig", "GMPOConfig", "CISPOConfig", "grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss",
             "cispo_loss"]
 # --- end baselines ---
+
+# --- log-probabilities and entropies from hidden states (Eq. 6 without materialised logits) ---
+from .logprob_entropy import token_logprobs_and_entropy, token_logprobs_and_entropy_from_logits
+
+__all__ += ["token_logprobs_and_entropy", "token_logprobs_and_entropy_from_logits"]
