@@ -24,7 +24,7 @@ def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
     response = g >= 0
     ent = finite_on(ent, response, "entropy")
     entropy_in_range(ent, response, config.log_vocab, config.entropy_tolerance)
-    ent = np.clip(ent, 0.0, config.log_vocab)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
+    ent = np.maximum(ent, 0.0)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
     scale = config.alpha / config.log_vocab
     if config.eps_reading == "group_mean":
         seg = Segments(g, response)

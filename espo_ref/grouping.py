@@ -67,14 +67,14 @@ def _entropy_ranges(entropy: np.ndarray, config: ESPOConfig) -> np.ndarray:
 
 
 def validate_entropy(entropy, mask, config: ESPOConfig, name: str = "entropy"):
-    """Validated float64 entropy [B, T] (padding zeroed, clamped into [0, log V]) and the
+    """Validated float64 entropy [B, T] (padding zeroed, clamped below at 0) and the
     boolean mask [ESPO-ENT-DOMAIN]."""
     ent = as_real_array(entropy, name, ndim=2)
     m = as_mask(mask, "mask", ent.shape)
     ent = finite_on(ent, m, name)
     entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
-    # [ESPO-ENT-DOMAIN] values inside the tolerance band are clamped into [0, log V].
-    return np.clip(ent, 0.0, config.log_vocab), m
+    # [ESPO-ENT-DOMAIN] values inside the tolerance band below 0 are clamped to 0.
+    return np.maximum(ent, 0.0), m
 
 
 def entropy_groups(entropy, mask, config: ESPOConfig) -> np.ndarray:

@@ -52,13 +52,12 @@ def oracle_token_entropy(logits, temperature=1.0):
 
 
 def oracle_clamp_entropy(entropy, valid, config):
-    """[ESPO-ENT-DOMAIN] response entropies clamped into [0, log V] before any use.
+    """[ESPO-ENT-DOMAIN] response entropies clamped below at 0 before any use.
 
     ``valid[b][t]`` says which positions are response tokens; the others are not read.
     """
-    log_v = math.log(config.vocab_size)
     return [
-        [min(max(float(e), 0.0), log_v) if ok else None for e, ok in zip(row, vrow)]
+        [max(float(e), 0.0) if ok else None for e, ok in zip(row, vrow)]
         for row, vrow in zip(_rows(entropy), _rows(valid))
     ]
 

@@ -44,7 +44,7 @@ def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True
     ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)
     if validate:
         entropy_in_range(ent, g >= 0, config.log_vocab, config.entropy_tolerance)
-    ent = ent.clamp(0.0, config.log_vocab)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
+    ent = ent.clamp(min=0.0)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
     return _group_clip_eps(ent, *_segments(g, config, None), config)
 
 

@@ -151,8 +151,8 @@ def validate_entropy(entropy, mask, config: ESPOConfig, name: str = "entropy", d
     ent = finite_on(ent, m, name, compute_dtype(ent), validate)
     if validate:
         entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
-    # [ESPO-ENT-DOMAIN] values inside the tolerance band are clamped into [0, log V].
-    return ent.clamp(0.0, config.log_vocab), m
+    # [ESPO-ENT-DOMAIN] values inside the tolerance band below 0 are clamped to 0.
+    return ent.clamp(min=0.0), m
 
 
 def group_width(config: ESPOConfig, T: int) -> int:
