@@ -25,7 +25,7 @@ def _conform(args: argparse.Namespace) -> int:
     if args.property:
         from .conformance.properties import run_properties
 
-        adapter = ADAPTERS[args.adapter](load_impl(args.impl), report.function, args.backend, args.device)
+        adapter = ADAPTERS[args.adapter](load_impl(args.impl), report.function, report.backend, args.device)
         failures = run_properties(adapter, report.function, args.property)
         extra["property"] = {"examples": args.property, "failures": [f.to_json() for f in failures]}
         status = "FAIL" if failures else "pass"
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     conform.add_argument("--function", default=None,
                          help="which reference function it implements (default: the callable's name, else espo_loss)")
     conform.add_argument("--adapter", default="native", help="native, torch-loss, verl, or a registered adapter")
-    conform.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    conform.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"],
+                         help="array type passed in; auto: torch when the implementation's module imports torch")
     conform.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     conform.add_argument("--include", action="append", default=[], help="glob on case id or clause id (repeatable)")
     conform.add_argument("--exclude", action="append", default=[], help="glob on case id or clause id (repeatable)")

@@ -111,6 +111,13 @@ def load_impl(spec: str) -> Callable:
     return obj
 
 
+def detect_backend(fn: Callable) -> str:
+    """"torch" when the implementation's module imports torch, else "numpy"."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    names = vars(module).values() if module is not None else ()
+    return "torch" if any(getattr(v, "__name__", None) == "torch" for v in names) else "numpy"
+
+
 def read_xfail_file(path) -> dict[str, str]:
     """Lines ``PATTERN  # reason``; blank lines and lines starting with # are ignored."""
     out = {}
@@ -212,7 +219,7 @@ def run_case(adapter, case: GoldenCase, reproduce: str) -> CaseResult:
 
 
 def run_conformance(impl: Callable | str, function: str | None = None, adapter: str = "native",
-                    backend: str = "numpy", device: str = "cpu", include=(), exclude=(),
+                    backend: str = "auto", device: str = "cpu", include=(), exclude=(),
                     xfail: dict[str, str] | None = None, cases: list[GoldenCase] | None = None) -> Report:
     """Run the golden cases of ``function`` against ``impl``; returns a Report."""
     impl_name = impl if isinstance(impl, str) else f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
@@ -225,6 +232,8 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
         raise ValueError(f"--function must be one of {sorted(FUNCTIONS)}, got {function!r}")
     if adapter not in ADAPTERS:
         raise ValueError(f"--adapter must be one of {sorted(ADAPTERS)}, got {adapter!r}")
+    if backend == "auto":
+        backend = detect_backend(fn) if adapter == "native" else "torch"
     runner = ADAPTERS[adapter](fn, function, backend, device)
     report = Report(impl_name, function, adapter, backend, device)
     xfail = xfail or {}
