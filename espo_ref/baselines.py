@@ -10,7 +10,6 @@ spec says which option reproduces it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from ._checks import advantages_2d, token_inputs
 from .aggregation import agg_weights, check_agg_mode
+from .config import _check_real
 from .errors import ESPOInputError
 from .objective import clipped_surrogate
 from .result import LossResult
@@ -26,15 +26,6 @@ GSPO_LEVELS = ("token", "sequence")
 
 
 # --- configuration -----------------------------------------------------------------------
-
-
-def _check_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ESPOInputError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ESPOInputError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
