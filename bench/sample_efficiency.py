@@ -29,7 +29,7 @@ from _common import RESULTS, machine_info, write_results  # noqa: E402
 ALGOS = ("espo", "gspo", "grpo", "dapo", "gmpo", "cispo")
 TASKS = {
     "arith": {"task_options": {"max_operand": 9}, "sft_steps": 300, "max_new_tokens": 24},
-    "reverse": {"task_options": {"length": 3}, "sft_steps": 500, "max_new_tokens": 16},
+    "reverse": {"task_options": {"length": 3}, "sft_steps": 250, "sft_lr": 1e-3, "max_new_tokens": 16},
 }
 SETTINGS = dict(model="tiny", model_hidden=64, model_layers=2, prompts_per_step=8, group_size=8, temperature=1.0,
                 ppo_epochs=2, minibatches=2, lr=2e-4, grad_clip=1.0, score_truncated=True, sft_batch=32,

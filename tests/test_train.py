@@ -282,3 +282,52 @@ def test_cli_train_options_are_config_fields():
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(field in fields for _, field, _, _ in TRAIN_OPTIONS)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def _local_model_folder(path: Path) -> Path:
+    """A tiny Qwen2 model and a Hugging Face fast tokenizer (character-level) saved locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from espo_ref.train.model import build_tiny
+
+    chars = CharTokenizer()
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(chars.tokens)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    build_tiny(chars, hidden=32, layers=1, heads=2).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_local_hugging_face_model_trains(tmp_path):
+    folder = _local_model_folder(tmp_path / "model")
+    config = tiny(tmp_path, model=str(folder), steps=2, sft_steps=2)
+    summary = train(config, progress=False)
+    assert summary["steps"] == 2 and len(read_metrics(config.out_dir)) == 2
+
+
+def test_logits_path_matches_hidden_state_path(monkeypatch):
+    """The two ways to get response log-probs and entropies [ESPO-ENT] agree."""
+    from espo_ref.train import rollout as rollout_module
+    from espo_ref.train.model import build_tiny
+
+    tok = CharTokenizer()
+    model = build_tiny(tok, hidden=32, layers=1, heads=2, seed=1)
+    prompts = [tok.prompt_ids("Q: 1+2 = ?\nA:"), tok.prompt_ids("Q: 13+2 = ?\nA:")]
+    gen = torch.Generator().manual_seed(0)
+    p_ids, p_mask, r_ids = rollout_module.generate(model, prompts, eos=tok.eos_token_id, pad=tok.pad_token_id,
+                                                   max_new_tokens=6, temperature=1.0, generator=gen,
+                                                   device=torch.device("cpu"))
+    batch = build_rollout(p_ids, p_mask, r_ids, torch.tensor([0, 1]), ["3", "15"], tok)
+    hidden = rollout_module.response_logprobs(model, batch, 0.7, True, torch.device("cpu"))
+    monkeypatch.setattr(rollout_module, "hidden_path_ok", lambda model: False)
+    logits = rollout_module.response_logprobs(model, batch, 0.7, True, torch.device("cpu"))
+    for a, b in zip(hidden, logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert bool((hidden[0][~batch.response_mask] == 0).all())

@@ -60,6 +60,15 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _keep_last(model, n: int) -> dict:
+    """The keyword that limits the logits to the last ``n`` positions, as the model names it."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: n}
+    return {}
+
+
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -80,7 +89,7 @@ def generate(model, prompts: list[list[int]], *, eos: int, pad: int, max_new_tok
     tokens = []
     with autocast_context(device):
         out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                    use_cache=True, logits_to_keep=1)
+                    use_cache=True, **_keep_last(model, 1))
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             if temperature == 0:
@@ -189,7 +198,7 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
                                                        bias=bias, with_entropy=with_entropy)
         else:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
-                           use_cache=False, logits_to_keep=R + 1).logits[:, :-1]
+                           use_cache=False, **_keep_last(model, R + 1)).logits[:, -R - 1:-1]
             logp, entropy = token_logprobs_and_entropy_from_logits(logits[mask], targets, temperature)
     full_logp = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     full_logp = full_logp.index_put((mask.nonzero(as_tuple=True)), logp)
@@ -201,7 +210,7 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
 
 
 @torch.no_grad()
-def old_policy_pass(model, rollout: Rollout, temperature: float, device: torch.device, chunk_rows: int = 64) -> None:
+def old_policy_pass(model, rollout: Rollout, temperature: float, device: torch.device, chunk_rows: int) -> None:
     """[ESPO-ENT-DOMAIN] The old (sampling) policy's log-probabilities and entropies at the
     sampling temperature, without gradient, in chunks of ``chunk_rows`` sequences."""
     logps, entropies = [], []

@@ -16,6 +16,12 @@ One step, ``train_step``:
    clipping; AdamW;
 7. metrics, a checkpoint every ``checkpoint_every`` steps.
 
+Exact resume: every random draw of a step comes from generators seeded by (seed, step) —
+the prompts, the sampling generator and the mini-batch order — so a resumed run re-seeds
+generation exactly as the uninterrupted run did; the checkpoint restores the weights, the
+AdamW state, the global Python/numpy/torch RNG states and the step (= data position). On
+CPU the loop runs with deterministic algorithms and a fixed thread count.
+
 A non-finite loss or gradient norm raises NonFiniteLossError (naming the step, the
 mini-batch and the value) before the optimizer steps; no checkpoint is written after it,
 so the last good checkpoint stays the latest.
@@ -207,7 +213,8 @@ def train_step(run: Run, step: int) -> dict:
     _sync(device)
     t1 = time.perf_counter()
     try:
-        old_policy_pass(model, rollout, config.temperature, device)
+        # in chunks of a mini-batch's size: the update's memory footprint, without the gradient
+        old_policy_pass(model, rollout, config.temperature, device, -(-rollout.input_ids.shape[0] // config.minibatches))
     except ESPOInputError:
         if _nonfinite_params(model):
             _check_finite(float("nan"), "model weights", step, "old-policy pass", run)
