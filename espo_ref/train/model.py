@@ -43,7 +43,10 @@ def load_policy(name: str, hidden: int = 64, layers: int = 2, heads: int = 4, se
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    try:  # float32 master weights (bf16 autocast on CUDA); transformers < 4.56 names it torch_dtype
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except TypeError:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
     return model, HFTokenizer(tokenizer)
 
 
