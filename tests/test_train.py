@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-import espo_ref.torch as backend  # noqa: E402
 from espo_ref.cli import main as cli_main  # noqa: E402
 from espo_ref.train import ALGOS, TrainConfig, train  # noqa: E402
 from espo_ref.train import checkpoint as ckpt  # noqa: E402
@@ -37,17 +36,11 @@ def tiny(tmp_path, name="run", **changes) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def require_loss(algo):
-    if algo != "espo" and not hasattr(backend, f"{algo}_loss"):
-        pytest.skip(f"espo_ref.torch.{algo}_loss (the torch baseline) is not available yet")
-
-
 # --- training -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_train_three_steps_per_algorithm(tmp_path, algo):
-    require_loss(algo)
     config = tiny(tmp_path, algo=algo)
     summary = train(config, progress=False)
     records = read_metrics(config.out_dir)
