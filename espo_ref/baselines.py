@@ -19,7 +19,7 @@ from ._checks import advantages_2d, token_inputs
 from .aggregation import agg_weights, check_agg_mode
 from .config import _check_real
 from .errors import ESPOInputError
-from .objective import clipped_surrogate
+from .objective import clipped_surrogate, exp_ratio
 from .result import LossResult
 
 GSPO_LEVELS = ("token", "sequence")
@@ -194,20 +194,6 @@ def clamp_log_ratio(log_value: np.ndarray, mask: np.ndarray, low, high):
         clamped = clamped | (mask & (log_value > high))
         log_value = np.minimum(log_value, high)
     return np.where(mask, log_value, 0.0), clamped
-
-
-def exp_ratio(log_value: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """exp of a log-ratio on the response tokens (0 on padding); an overflow is an error."""
-    with np.errstate(over="ignore"):
-        ratio = np.where(mask, np.exp(np.where(mask, log_value, 0.0)), 0.0)
-    overflow = mask & ~np.isfinite(ratio)
-    if overflow.any():
-        idx = [int(i) for i in np.argwhere(overflow)[0]]
-        raise ESPOInputError(
-            f"logp - old_logp gives a ratio that overflows float64 at response position {idx} "
-            f"(log value {log_value[tuple(idx)]:.6g}); set log_ratio_clamp to bound it"
-        )
-    return ratio
 
 
 def token_log_ratio(lp, olp, mask, config):

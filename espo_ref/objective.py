@@ -14,6 +14,21 @@ from .ratio import group_log_ratio
 from .result import LossResult
 
 
+def exp_ratio(log_value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[ESPO-RATIO-CLAMP] [BASE-RATIO-CLAMP] exp of a log-ratio on the response tokens (0 on
+    padding); a ratio that overflows float64 is an error, never an inf or NaN."""
+    with np.errstate(over="ignore"):
+        ratio = np.where(mask, np.exp(np.where(mask, log_value, 0.0)), 0.0)
+    overflow = mask & ~np.isfinite(ratio)
+    if overflow.any():
+        idx = [int(i) for i in np.argwhere(overflow)[0]]
+        raise ESPOInputError(
+            f"logp - old_logp gives a ratio that overflows float64 at response position {idx} "
+            f"(log value {log_value[tuple(idx)]:.6g}); set log_ratio_clamp to bound it"
+        )
+    return ratio
+
+
 def token_ratio(log_s: np.ndarray, log_r: np.ndarray, mask: np.ndarray, config: ESPOConfig):
     """[ESPO-RATIO-TOKEN] / [ESPO-RATIO-LITERAL] / [ESPO-RATIO-CLAMP] Eq. 9 per token.
 
@@ -29,16 +44,7 @@ def token_ratio(log_s: np.ndarray, log_r: np.ndarray, mask: np.ndarray, config: 
     else:
         clamped = mask & (log_value > config.log_ratio_clamp)
         log_value = np.minimum(log_value, config.log_ratio_clamp)
-    with np.errstate(over="ignore"):
-        ratio = np.where(mask, np.exp(log_value), 0.0)
-    overflow = mask & ~np.isfinite(ratio)
-    if overflow.any():
-        idx = [int(i) for i in np.argwhere(overflow)[0]]
-        raise ESPOInputError(
-            f"logp - old_logp gives a ratio that overflows float64 at response position {idx} "
-            f"(log value {log_value[tuple(idx)]:.6g}); set log_ratio_clamp to bound it"
-        )
-    return ratio, clamped
+    return exp_ratio(log_value, mask), clamped
 
 
 def clipped_surrogate(ratio, adv, eps_low, eps_high, trained):

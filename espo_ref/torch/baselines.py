@@ -35,11 +35,10 @@ from ..baselines import (
     GSPOConfig,
     _config,
 )
-from ..errors import ESPOInputError
 from ..result import LossResult
-from ._checks import advantages_2d, first_index, token_inputs
+from ._checks import advantages_2d, token_inputs
 from .aggregation import _agg_weights
-from .objective import clipped_surrogate
+from .objective import clipped_surrogate, exp_ratio
 
 __all__ = [
     "GSPO_LEVELS", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig",
@@ -98,22 +97,6 @@ def clamp_log_ratio(log_value: torch.Tensor, mask: torch.Tensor, low, high):
         log_value = torch.where(above, torch.full((), high, dtype=log_value.dtype, device=log_value.device),
                                 log_value)
     return torch.where(mask, log_value, _zero(log_value)), clamped
-
-
-def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
-    """exp of a log-ratio on the response tokens (0 on padding); an overflow (of the compute
-    dtype) is an error when ``validate`` (a host sync)."""
-    ratio = torch.where(mask, torch.exp(torch.where(mask, log_value, _zero(log_value))), _zero(log_value))
-    if validate:
-        overflow = mask & ~torch.isfinite(ratio)
-        if bool(overflow.any()):
-            idx = first_index(overflow)
-            dtype = str(ratio.dtype).replace("torch.", "")
-            raise ESPOInputError(
-                f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
-                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
-            )
-    return ratio
 
 
 def token_log_ratio(lp, olp, mask, config):

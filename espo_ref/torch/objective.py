@@ -20,6 +20,22 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
+def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """[ESPO-RATIO-CLAMP] [BASE-RATIO-CLAMP] exp of a log-ratio on the response tokens (0 on
+    padding); an overflow (of the compute dtype) is an error when ``validate`` (a host sync)."""
+    ratio = torch.where(mask, torch.exp(torch.where(mask, log_value, _zero(log_value))), _zero(log_value))
+    if validate:
+        overflow = mask & ~torch.isfinite(ratio)
+        if bool(overflow.any()):
+            idx = first_index(overflow)
+            dtype = str(ratio.dtype).replace("torch.", "")
+            raise ESPOInputError(
+                f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
+                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
+            )
+    return ratio
+
+
 def token_ratio(log_s, log_r, mask, config: ESPOConfig, *, validate: bool = True):
     """[ESPO-RATIO-TOKEN] / [ESPO-RATIO-LITERAL] / [ESPO-RATIO-CLAMP] Eq. 9 per token.
 
@@ -39,16 +55,7 @@ def token_ratio(log_s, log_r, mask, config: ESPOConfig, *, validate: bool = True
     else:
         clamped = mask & (log_value > config.log_ratio_clamp)
         log_value = log_value.clamp(max=config.log_ratio_clamp)
-    value = torch.where(mask, torch.exp(log_value), _zero(log_value))
-    if validate:
-        overflow = mask & ~torch.isfinite(value)
-        if bool(overflow.any()):
-            idx = first_index(overflow)
-            dtype = str(value.dtype).replace("torch.", "")
-            raise ESPOInputError(
-                f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
-                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
-            )
+    value = exp_ratio(log_value, mask, validate=validate)
     if not log_r.requires_grad:
         return value, clamped
     live = mask & ~clamped
