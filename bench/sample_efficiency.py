@@ -130,7 +130,7 @@ def format_table(rows, margin) -> str:
         "",
         "final reward: mean of the last 10 steps' training reward (temperature 1), mean +- sd over seeds.",
         "greedy eval acc: exact-answer accuracy of greedy decoding on 200 fixed prompts after training.",
-        f"steps to thr.: first step at which the 10-step moving average of the reward reaches the seed's",
+        "steps to thr.: first step at which the 10-step moving average of the reward reaches the seed's",
         f"  warm-started sampled reward + {margin}; mean over the seeds that reached it (reached: how many).",
         "clipfrac: clipped response tokens / all response tokens, mean over updates (CISPO caps its weight",
         "  at 1 + 4 and never counts as clipped here).",

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import espo_ref
 import test_baselines_oracle as oracle
 from espo_ref import (
     CISPOConfig,

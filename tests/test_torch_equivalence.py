@@ -10,7 +10,6 @@ is a cancelling sum, are ill-conditioned for a lower precision and are rejected 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ from ..result import LossResult
 from ._checks import advantages_2d, as_real_tensor, check_shape, coerce, first_index, token_inputs
 from ._segments import Segments
 from .clipping import _clip_bounds, _segments
-from .grouping import _entropy_groups, group_width, trained_tokens, validate_entropy
+from .grouping import _entropy_groups, group_width, validate_entropy
 from .ratio import _group_log_ratio
 
 
@@ -86,7 +86,6 @@ def _aggregation_weights(seg: Segments, mask, dtype, validate=True):
     responses = mask.any(dim=1).sum()
     if validate and not bool(responses > 0):
         raise ESPOInputError("mask has no response token: the objective is undefined")
-    trained = seg.include
     k = seg.groups_per_row()
     per_group = 1.0 / (responses * k.clamp(min=1)[:, None] * seg.counts.clamp(min=1)).to(dtype)
     return seg.to_tokens(per_group), k
