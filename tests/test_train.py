@@ -252,6 +252,7 @@ def test_jsonl_loader(tmp_path):
     (['{"prompt": "a", "answer": "b"}', '{"prompt": 3, "answer": "b"}'], 2, "'prompt' must be a non-empty string"),
     (['{"prompt": "a", "answer": [1]}'], 1, "'answer' must be a string or a number"),
     (['{"prompt": "a", "answer": true}'], 1, "'answer' must be a string or a number"),
+    (['{"prompt": "a", "answer": "b"}', '{"prompt": "a", "answer": NaN}'], 2, "'answer' must be finite"),
 ])
 def test_jsonl_loader_rejects_malformed_lines(tmp_path, lines, line, text):
     path = tmp_path / "data.jsonl"
@@ -324,3 +325,33 @@ def test_logits_path_matches_hidden_state_path(monkeypatch):
     for a, b in zip(hidden, logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert bool((hidden[0][~batch.response_mask] == 0).all())
+
+
+def test_jsonl_loader_names_the_line_of_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"prompt": "a", "answer": "b"}\n{"prompt": "\xff", "answer": "b"}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: not UTF-8"):
+        load_jsonl(path)
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_read(tmp_path):
+    """A run killed while writing its last metrics line can still be resumed."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2"):
+        read_metrics(path)
+
+
+def test_hidden_state_path_only_when_logits_are_the_plain_head():
+    """A model that scales its logits (Granite's logits_scaling) must use its own logits."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from espo_ref.train.model import build_tiny, hidden_path_ok
+
+    assert hidden_path_ok(build_tiny(CharTokenizer(), hidden=32, layers=1, heads=2))
+    config = GraniteConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2, logits_scaling=8.0)
+    torch.manual_seed(0)
+    assert not hidden_path_ok(GraniteForCausalLM(config))

@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"espo-ref train: {e}", file=sys.stderr)
         return 1
-    except (FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing task file or checkpoint, bad input
         print(f"espo-ref train: {e}", file=sys.stderr)
         return 2
     shown = {k: v for k, v in summary.items() if not k.startswith("eval_example")}

@@ -52,7 +52,16 @@ def read_metrics(path) -> list[dict]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # a run killed while writing its last line
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON") from None
+    return records
 
 
 def smooth(values: list[float], window: int) -> list[float]:

@@ -57,7 +57,23 @@ def vocab_size(model) -> int:
 
 
 def hidden_path_ok(model) -> bool:
-    """Whether logits are exactly lm_head(final hidden state): no soft-capping or scaling."""
-    cfg = model.config
-    return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-            and model.get_output_embeddings() is not None)
+    """Whether the logits are exactly lm_head(final hidden state) (no soft-capping, scaling
+    or multiplier, whatever the config calls it): checked once on a short probe sequence
+    and remembered on the model."""
+    known = getattr(model, "_espo_ref_hidden_path_ok", None)
+    if known is not None:
+        return known
+    head = model.get_output_embeddings()
+    ok = False
+    if head is not None:
+        device = next(model.parameters()).device
+        ids = (torch.arange(1, 9, device=device) % vocab_size(model)).unsqueeze(0)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+            ok = torch.allclose(head(hidden).float(), logits, rtol=1e-4, atol=1e-4)
+        model.train(was_training)
+    model._espo_ref_hidden_path_ok = bool(ok)
+    return bool(ok)

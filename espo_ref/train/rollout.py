@@ -194,12 +194,14 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
             rows = hidden[:, -R - 1:-1][mask]
             head = model.get_output_embeddings()
             bias = None if head.bias is None else head.bias.to(rows.dtype)
-            logp, entropy = token_logprobs_and_entropy(rows, head.weight.to(rows.dtype), targets, temperature,
-                                                       bias=bias, with_entropy=with_entropy)
+            with torch.autocast(device.type, enabled=False):  # its products accumulate in float32
+                logp, entropy = token_logprobs_and_entropy(rows, head.weight.to(rows.dtype), targets, temperature,
+                                                           bias=bias, with_entropy=with_entropy)
         else:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
                            use_cache=False, **_keep_last(model, R + 1)).logits[:, -R - 1:-1]
-            logp, entropy = token_logprobs_and_entropy_from_logits(logits[mask], targets, temperature)
+            with torch.autocast(device.type, enabled=False):
+                logp, entropy = token_logprobs_and_entropy_from_logits(logits[mask], targets, temperature)
     full_logp = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     full_logp = full_logp.index_put((mask.nonzero(as_tuple=True)), logp)
     full_entropy = None

@@ -242,11 +242,15 @@ def load_jsonl(path) -> list[Example]:
     and the line number."""
     path = Path(path)
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -261,6 +265,8 @@ def load_jsonl(path) -> list[Example]:
                 raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {prompt!r}")
             if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
                 raise ValueError(f"{where}: 'answer' must be a string or a number, got {answer!r}")
+            if isinstance(answer, float) and not math.isfinite(answer):
+                raise ValueError(f"{where}: 'answer' must be finite, got {answer!r}")
             if response is not None and not isinstance(response, str):
                 raise ValueError(f"{where}: 'response' must be a string, got {response!r}")
             examples.append(Example(prompt=prompt, answer=str(answer), response=response))

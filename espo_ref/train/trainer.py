@@ -228,7 +228,9 @@ def train_step(run: Run, step: int) -> dict:
 
     for group in run.optimizer.param_groups:
         group["lr"] = _lr_at(config, step)
-    model.train()
+    # Eval mode in the update too: dropout would make the current policy differ from the
+    # old one (computed in eval mode) at identical weights, and ratios would not start at 1.
+    model.eval()
     B = rollout.input_ids.shape[0]
     order_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step, 1]).generate_state(1)[0]))
     loss_metrics: dict[str, list[float]] = {}
