@@ -17,7 +17,7 @@ import numpy as np
 
 from ._checks import advantages_2d, token_inputs
 from .aggregation import agg_weights, check_agg_mode
-from .config import _check_real
+from .config import _check_real, check_known_fields
 from .errors import ESPOInputError
 from .objective import clipped_surrogate, exp_ratio
 from .result import LossResult
@@ -62,10 +62,7 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BaselineConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ESPOInputError(f"config has unknown fields {sorted(unknown)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
 

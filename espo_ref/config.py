@@ -24,6 +24,13 @@ def _check_real(name: str, value: Any) -> float:
     return value
 
 
+def check_known_fields(cls, data: dict[str, Any], what: str = "config") -> None:
+    """A dict meant for dataclass ``cls`` holds only its fields (an unknown one is an error)."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ESPOInputError(f"{what} has unknown fields {sorted(unknown)}")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ESPOInputError(f"{name} must be one of {choices}, got {value!r}")
@@ -108,10 +115,7 @@ class ESPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ESPOConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ESPOInputError(f"config has unknown fields {sorted(unknown)}")
+        check_known_fields(cls, data)
         data = dict(data)
         if "entropy_edges" in data:
             data["entropy_edges"] = tuple(data["entropy_edges"])

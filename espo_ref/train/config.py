@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check_known_fields
+
 ALGOS = ("espo", "gspo", "grpo", "dapo", "gmpo", "cispo")
 DEFAULT = "default"  # log_ratio_clamp: the algorithm's own default (None means: no clamp)
 
@@ -104,10 +106,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"train config has unknown fields {sorted(unknown)}")
+        check_known_fields(cls, data, "train config")
         return cls(**data)
 
     def replace(self, **changes: Any) -> "TrainConfig":
