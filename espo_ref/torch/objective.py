@@ -122,13 +122,16 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
         k = Segments(groups, trained).groups_per_row()
     kl = torch.where(mask, torch.expm1(log_r) - log_r, _zero(log_r))
 
+    # count_nonzero and a product are exact and several times faster than a bool .sum()
+    # (which copies to int64) and a where().sum() on CPU; values are finite off the mask.
     def total(values, where):
-        return torch.where(where, values, _zero(values)).sum()
+        return (values * where).sum()
 
+    count = torch.count_nonzero
     counts = torch.stack([
-        mask.sum(), rows.sum(), clipped.sum(), clipped_high.sum(), clipped_low.sum(),
-        (clipped & high).sum(), high.sum(), (clipped & low).sum(), low.sum(),
-        (clamped & mask).sum(), trained.sum(), (k * rows).sum(),
+        count(mask), count(rows), count(clipped), count(clipped_high), count(clipped_low),
+        count(clipped & high), count(high), count(clipped & low), count(low),
+        count(clamped & mask), count(trained), (k * rows).sum(),
     ])
     sums = torch.stack([
         total(eps_high, high), total(eps_high, low), total(entropy, mask), total(entropy, high),
