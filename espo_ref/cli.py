@@ -25,7 +25,8 @@ def _conform(args: argparse.Namespace) -> int:
     if args.property:
         from .conformance.properties import run_properties
 
-        adapter = ADAPTERS[args.adapter](load_impl(args.impl), report.function, report.backend, args.device)
+        adapter_class = load_impl(args.adapter) if ":" in args.adapter else ADAPTERS[args.adapter]
+        adapter = adapter_class(load_impl(args.impl), report.function, report.backend, args.device)
         failures = run_properties(adapter, report.function, args.property)
         extra["property"] = {"examples": args.property, "failures": [f.to_json() for f in failures]}
         status = "FAIL" if failures else "pass"
@@ -50,7 +51,9 @@ def main(argv=None) -> int:
     conform.add_argument("--impl", required=True, help="package.module:callable under test")
     conform.add_argument("--function", default=None,
                          help="which reference function it implements (default: the callable's name, else espo_loss)")
-    conform.add_argument("--adapter", default="native", help="native, torch-loss, verl, or a registered adapter")
+    conform.add_argument("--adapter", default="native",
+                         help="native, torch-loss, verl, an adapter the implementation's module registers, "
+                              "or package.module:AdapterClass")
     conform.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"],
                          help="array type passed in; auto: torch when the implementation's module imports torch")
     conform.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")

@@ -125,3 +125,21 @@ def test_cli_pass_and_fail_exit_codes(tmp_path, capsys):
     assert cli_main(["conform", "--impl", "mutants:_advantages_without_bessel", "--function", "grpo_advantages"]) == 1
     text = capsys.readouterr().out
     assert "FAIL" in text and "ESPO-ADV" in text and "reproduce: espo-ref conform" in text
+
+
+class _LossOnlyAdapter:
+    """An adapter defined outside the package: compares the loss value only."""
+
+    def __init__(self, impl, function, backend, device):
+        from espo_ref.conformance.adapters import NativeAdapter
+
+        self.inner = NativeAdapter(impl, function, backend, device)
+
+    def run(self, case):
+        return {"loss": self.inner.run(case)["loss"]}
+
+
+def test_adapter_named_by_module_path(capsys):
+    """--adapter package.module:Class loads an adapter the package does not know."""
+    assert cli_main(["conform", "--impl", "espo_ref:espo_loss", "--adapter", "test_conformance:_LossOnlyAdapter"]) == 0
+    assert "espo_loss [test_conformance:_LossOnlyAdapter/numpy/cpu]" in capsys.readouterr().out

@@ -19,7 +19,9 @@ Writing a new adapter takes a dozen lines::
             loss.backward()
             return {"loss": float(loss), "grad": self.numpy(t["logp"].grad)}
 
-and ``espo-ref conform --impl my_pkg.losses:espo --adapter my-trainer`` runs it.
+and ``espo-ref conform --impl my_pkg.losses:espo --adapter my-trainer`` runs it when
+``my_pkg.losses`` (imported first) registers it; ``--adapter my_pkg.adapters:MyTrainerAdapter``
+names an unregistered class directly.
 """
 
 from __future__ import annotations

@@ -230,11 +230,15 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
             function = "espo_loss"
     if function not in FUNCTIONS:
         raise ValueError(f"--function must be one of {sorted(FUNCTIONS)}, got {function!r}")
-    if adapter not in ADAPTERS:
-        raise ValueError(f"--adapter must be one of {sorted(ADAPTERS)}, got {adapter!r}")
+    if ":" in adapter:  # package.module:AdapterClass, defined outside this package
+        adapter_class = load_impl(adapter)
+    elif adapter in ADAPTERS:  # built in, or registered by the implementation's module on import
+        adapter_class = ADAPTERS[adapter]
+    else:
+        raise ValueError(f"--adapter must be one of {sorted(ADAPTERS)} or package.module:Class, got {adapter!r}")
     if backend == "auto":
-        backend = detect_backend(fn) if adapter == "native" else "torch"
-    runner = ADAPTERS[adapter](fn, function, backend, device)
+        backend = "torch" if adapter in ("torch-loss", "verl") else detect_backend(fn)
+    runner = adapter_class(fn, function, backend, device)
     report = Report(impl_name, function, adapter, backend, device)
     xfail = xfail or {}
     for case in select(cases if cases is not None else load(), function, include, exclude):
