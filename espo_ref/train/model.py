@@ -51,9 +51,11 @@ def load_policy(name: str, hidden: int = 64, layers: int = 2, heads: int = 4, se
 
 
 def vocab_size(model) -> int:
-    """The model's vocabulary size (config.vocab_size): the size of its softmax, the V of
-    Eq. 6 and of log|V| in Eq. 8 [ESPO-ENT-DOMAIN]."""
-    return int(model.config.vocab_size)
+    """The size of the model's softmax (the output head's rows; config.vocab_size when the
+    model has no separate head): the V of Eq. 6 and of log|V| in Eq. 8 [ESPO-ENT-DOMAIN]."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
 def hidden_path_ok(model) -> bool:
