@@ -239,8 +239,9 @@ def _espo_cases() -> Iterator[GoldenCase]:
                         mask = np.arange(T)[None, :] < np.array([25, 50, 25])[:, None]
                     ties = seed % 2 == 0
                     adv_kind = ("response", "token", "response", "zero")[seed % 4] if dtype == "float64" else "response"
-                    clamp_rows = name == "no-clamp" or (dtype == "float64" and seed == 1)
-                    logp, old = _log_probs(rng, B, T, SCALES[(seed + v_index) % 3], clamp_rows and name != "no-clamp")
+                    # one response far above the clamp (seed 1, float64), except without a clamp
+                    big_row = dtype == "float64" and seed == 1 and name != "no-clamp"
+                    logp, old = _log_probs(rng, B, T, SCALES[(seed + v_index) % 3], big_row)
                     entropy = _entropy(rng, (B, T), vocab, ties)
                     adv = _advantages(rng, B, T, adv_kind)
                     logp, old, entropy, adv = (round_to_dtype(x, dtype) for x in (logp, old, entropy, adv))
