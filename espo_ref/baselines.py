@@ -23,6 +23,8 @@ from .objective import clipped_surrogate, exp_ratio
 from .result import LossResult
 
 GSPO_LEVELS = ("token", "sequence")
+# GMPO's log-ratio is clipped on one side only (by the sign of A), and it has no clamp.
+GMPO_OVERFLOW_REMEDY = "GMPO has no log-ratio clamp: keep logp - old_logp within the float range"
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -352,7 +354,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
         log_r, adv, m, config.eps_low, config.eps_high
     )
     log_ratio = to_tokens(row_mean(clipped_lr, m), m)
-    ratio = exp_ratio(log_ratio, m)
+    ratio = exp_ratio(log_ratio, m, GMPO_OVERFLOW_REMEDY)
     adv_seq = to_tokens(row_mean(adv, m), m)
     per_token = -adv_seq * ratio
     weight = agg_weights(m, config.loss_agg_mode, config.max_len)

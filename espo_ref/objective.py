@@ -14,7 +14,10 @@ from .ratio import group_log_ratio
 from .result import LossResult
 
 
-def exp_ratio(log_value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+CLAMP_REMEDY = "set log_ratio_clamp to bound it"
+
+
+def exp_ratio(log_value: np.ndarray, mask: np.ndarray, remedy: str = CLAMP_REMEDY) -> np.ndarray:
     """[ESPO-RATIO-CLAMP] [BASE-RATIO-CLAMP] exp of a log-ratio on the response tokens (0 on
     padding); a ratio that overflows float64 is an error, never an inf or NaN."""
     with np.errstate(over="ignore"):
@@ -24,7 +27,7 @@ def exp_ratio(log_value: np.ndarray, mask: np.ndarray) -> np.ndarray:
         idx = [int(i) for i in np.argwhere(overflow)[0]]
         raise ESPOInputError(
             f"logp - old_logp gives a ratio that overflows float64 at response position {idx} "
-            f"(log value {log_value[tuple(idx)]:.6g}); set log_ratio_clamp to bound it"
+            f"(log value {log_value[tuple(idx)]:.6g}); {remedy}"
         )
     return ratio
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..baselines import (
+    GMPO_OVERFLOW_REMEDY,
     GSPO_LEVELS,
     BaselineConfig,
     CISPOConfig,
@@ -301,7 +302,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
         log_r, adv, m, config.eps_low, config.eps_high
     )
     log_ratio = to_tokens(row_mean(clipped_lr, m), m)
-    ratio = exp_ratio(log_ratio, m, validate=validate)
+    ratio = exp_ratio(log_ratio, m, GMPO_OVERFLOW_REMEDY, validate=validate)
     adv_seq = to_tokens(row_mean(adv, m), m)
     per_token = -adv_seq * ratio
     weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)

@@ -8,6 +8,7 @@ import torch
 from ..config import ESPOConfig
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
+from ..objective import CLAMP_REMEDY
 from ..result import LossResult
 from ._checks import advantages_2d, as_real_tensor, check_shape, coerce, first_index, token_inputs
 from ._segments import Segments
@@ -20,7 +21,8 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
-def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, remedy: str = CLAMP_REMEDY, *,
+              validate: bool = True) -> torch.Tensor:
     """[ESPO-RATIO-CLAMP] [BASE-RATIO-CLAMP] exp of a log-ratio on the response tokens (0 on
     padding); an overflow (of the compute dtype) is an error when ``validate`` (a host sync)."""
     ratio = torch.where(mask, torch.exp(torch.where(mask, log_value, _zero(log_value))), _zero(log_value))
@@ -31,7 +33,7 @@ def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, *, validate: bool = T
             dtype = str(ratio.dtype).replace("torch.", "")
             raise ESPOInputError(
                 f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
-                f"(log value {float(log_value[tuple(idx)]):.6g}); set log_ratio_clamp to bound it"
+                f"(log value {float(log_value[tuple(idx)]):.6g}); {remedy}"
             )
     return ratio
 
