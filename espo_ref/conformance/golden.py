@@ -397,7 +397,8 @@ def _handworked_cases() -> Iterator[GoldenCase]:
         if spec.is_loss is False and spec.output not in expected and not errors:
             continue
         yield GoldenCase(f"handworked/{case.case_id}", spec.name, case.clauses, "float64", inputs,
-                         config, kwargs, expected, f"handworked: specs/{case.source}")
+                         # the case id, not a line number: editing the spec elsewhere keeps the data
+                         config, kwargs, expected, f"handworked: specs/{case.source.split(':')[0]}#{case.case_id}")
 
 
 def build_cases() -> list[GoldenCase]:
