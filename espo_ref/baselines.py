@@ -89,19 +89,14 @@ class GRPOConfig(BaselineConfig):
 
 
 @dataclass(frozen=True)
-class DAPOConfig(BaselineConfig):
-    """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher 0.2/0.28 and token-mean."""
+class DAPOConfig(GRPOConfig):
+    """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher 0.2/0.28 and token-mean (GRPO's
+    fields and checks, other defaults; dapo_loss still accepts a DAPOConfig only)."""
 
     method: ClassVar[str] = "dapo"
 
     eps_high: float = 0.28
     loss_agg_mode: str = "token-mean"
-    log_ratio_clamp: float | None = 20.0
-    dual_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_dual_clip(self.dual_clip)
 
 
 @dataclass(frozen=True)
