@@ -35,6 +35,7 @@ from espo_ref import (  # noqa: E402
     GSPOConfig,
 )
 from espo_ref.tolerances import compare, tolerance  # noqa: E402
+from masks import random_mask  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -107,17 +108,7 @@ def batches(draw, method, dtype="float64", level=None, per_token_adv=None):
     config = draw(configs(method, T, level), label="config")
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     rng = np.random.default_rng(seed)
-    layout = draw(st.sampled_from(("prefix", "random", "ones", "short")), label="mask_layout")
-    if layout == "prefix":
-        mask = np.arange(T)[None, :] < rng.integers(0, T + 1, B)[:, None]
-    elif layout == "random":
-        mask = rng.random((B, T)) < rng.uniform(0.2, 1.0)
-    elif layout == "ones":
-        mask = np.ones((B, T), dtype=bool)
-    else:  # rows of length 0 and 1
-        mask = np.zeros((B, T), dtype=bool)
-        mask[np.arange(B), rng.integers(0, T, B)] = rng.random(B) < 0.7
-    mask[rng.integers(0, B), rng.integers(0, T)] = True  # at least one response token
+    mask = random_mask(draw, rng, B, T)
     scale = draw(st.sampled_from((1e-4, 1e-2, 0.3, 1.0, 3.0)), label="log_ratio_scale")
     old = rng.uniform(-8.0, 0.0, (B, T))
     log_r = rng.normal(0.0, scale, (B, T)) + rng.normal(0.0, scale, (B, 1))

@@ -22,6 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 import espo_ref as core  # noqa: E402
 import espo_ref.torch as et  # noqa: E402
 from espo_ref.tolerances import compare, tolerance  # noqa: E402
+from masks import random_mask  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -70,18 +71,7 @@ def batches(draw, dtype="float64", grouping=None, per_token_adv=None, **fixed):
     T = draw(st.integers(1, 14), label="T")
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     rng = np.random.default_rng(seed)
-    layout = draw(st.sampled_from(("prefix", "random", "ones", "short")), label="mask_layout")
-    if layout == "prefix":
-        lengths = rng.integers(0, T + 1, B)
-        mask = np.arange(T)[None, :] < lengths[:, None]
-    elif layout == "random":
-        mask = rng.random((B, T)) < rng.uniform(0.2, 1.0)
-    elif layout == "ones":
-        mask = np.ones((B, T), dtype=bool)
-    else:  # rows of length 0 and 1
-        mask = np.zeros((B, T), dtype=bool)
-        mask[np.arange(B), rng.integers(0, T, B)] = rng.random(B) < 0.7
-    mask[rng.integers(0, B), rng.integers(0, T)] = True  # at least one response token
+    mask = random_mask(draw, rng, B, T)
     log_v = config.log_vocab
     entropy_kind = draw(st.sampled_from(("ties", "continuous", "edges")), label="entropy_kind")
     if entropy_kind == "ties":
