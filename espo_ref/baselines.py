@@ -149,6 +149,7 @@ def _config(config, cls):
         return cls()
     if type(config) is not cls:
         raise ESPOInputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    config.__post_init__()  # a config built without its checks is still refused [BASE-CONFIG]
     return config
 
 

@@ -7,63 +7,144 @@ import sys
 
 
 def _conform(args: argparse.Namespace) -> int:
-    from .conformance.adapters import ADAPTERS
-    from .conformance.runner import format_report, load_impl, read_xfail_file, run_conformance, write_report
+    """Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass), 2 a usage
+    or setup error (one line on stderr; -v adds the traceback). The JSON report is written in
+    every case."""
+    from .conformance.runner import (SetupError, check_output_path, format_report, read_xfail_file,
+                                     run_conformance, write_junit, write_report)
 
-    if args.property:
-        from .conformance.properties import PROPERTY_FUNCTIONS
+    report = None
+    try:
+        for option in ("report", "junit"):
+            if getattr(args, option):
+                check_output_path(getattr(args, option), f"--{option}")
+        if args.dump:
+            return _dump(args)
+        if not args.impl:
+            raise SetupError("--impl is required (package.module:callable), unless --dump is given")
+        fields = None
+        if args.fields:
+            fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+        xfail = read_xfail_file(args.xfail_file) if args.xfail_file else {}
+        report = run_conformance(args.impl, function=args.function, adapter=args.adapter, backend=args.backend,
+                                 device=args.device, include=args.include, exclude=args.exclude, xfail=xfail,
+                                 profile=args.profile, fields=fields, properties=args.property,
+                                 timeout=args.timeout, isolate=not args.no_isolation)
+    except SetupError as exc:
+        print(f"espo-ref conform: {exc}", file=sys.stderr)
+        if args.verbose:
+            import traceback
 
-        function = args.function or args.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-        if function not in PROPERTY_FUNCTIONS:
-            print(f"--property supports the losses {PROPERTY_FUNCTIONS}; use --function to name one", file=sys.stderr)
-            return 2
-    xfail = read_xfail_file(args.xfail_file) if args.xfail_file else {}
-    report = run_conformance(args.impl, function=args.function, adapter=args.adapter, backend=args.backend,
-                             device=args.device, include=args.include, exclude=args.exclude, xfail=xfail)
-    print(format_report(report, verbose=args.verbose))
-    extra = {}
-    if args.property:
-        from .conformance.properties import run_properties
-
-        adapter_class = load_impl(args.adapter) if ":" in args.adapter else ADAPTERS[args.adapter]
-        adapter = adapter_class(load_impl(args.impl), report.function, report.backend, args.device)
-        failures = run_properties(adapter, report.function, args.property)
-        extra["property"] = {"examples": args.property, "failures": [f.to_json() for f in failures]}
-        status = "FAIL" if failures else "pass"
-        print(f"property: {args.property} hypothesis cases: {status}")
-        for f in failures:
-            print(f"      {f.message}")
-    if args.report:
-        write_report(report, args.report, extra)
-        print(f"report written to {args.report}")
-    failed = bool(report.unexpected) or bool(extra.get("property", {}).get("failures"))
-    if not report.results and not args.property:
-        print("no golden case matched the selection", file=sys.stderr)
+            traceback.print_exc()
+        if args.report:
+            write_report(None, args.report, {"error": str(exc), "conformant": False, "counts": {}, "cases": []})
+        if args.junit:
+            write_junit(None, args.junit, error=str(exc))
         return 2
-    return 1 if failed else 0
+    print(format_report(report, verbose=args.verbose))
+    if args.report:
+        write_report(report, args.report)
+        print(f"report written to {args.report}")
+    if args.junit:
+        write_junit(report, args.junit)
+    return 0 if report.conformant else 1
+
+
+def _dump(args: argparse.Namespace) -> int:
+    """Write one case (inputs, config, expected outputs) as JSON and .npz for a debugger."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from ._io import write_atomic
+    from .conformance.golden import GoldenCase, load
+    from .conformance.runner import SetupError
+
+    if not args.to:
+        raise SetupError("--dump needs --to DIR (the folder to write the case into)")
+    if args.dump_from:
+        try:
+            data = json.loads(Path(args.dump_from).read_text(encoding="utf-8"))
+            found = [GoldenCase.from_json(r["case"]) for r in data.get("cases", [])
+                     if r.get("case_id") == args.dump and "case" in r]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SetupError(f"--from {args.dump_from}: not a conformance report with that case ({exc})") from None
+    else:
+        found = [c for c in load() if c.case_id == args.dump]
+    if not found:
+        where = f"report {args.dump_from}" if args.dump_from else "the golden cases"
+        raise SetupError(f"--dump {args.dump}: no such case in {where} (property failures: add --from REPORT)")
+    case = found[0]
+    folder = Path(args.to)
+    if folder.exists() and not folder.is_dir():
+        raise SetupError(f"--to {args.to}: exists and is not a folder")
+    stem = case.case_id.replace("/", "__")
+    paths = [folder / f"{stem}.json", folder / f"{stem}.npz"]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not args.force:
+        raise SetupError(f"--to {args.to}: {', '.join(taken)} already exist(s); pass --force to overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    obj = case.to_json()
+    write_atomic(paths[0], json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    arrays = {f"inputs.{k}": v for k, v in case.inputs.items()}
+    for k, v in case.expected.items():
+        if isinstance(v, dict):
+            arrays.update({f"expected.{k}.{m}": np.float64(x) for m, x in v.items()})
+        elif isinstance(v, str):
+            arrays[f"expected.{k}"] = np.str_(v)
+        else:
+            arrays[f"expected.{k}"] = np.asarray(v)
+    arrays["config_json"] = np.str_(json.dumps(case.config))
+    arrays["kwargs_json"] = np.str_(json.dumps(case.kwargs))
+    tmp = paths[1].with_name(f".{paths[1].name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(paths[1])
+    print(f"wrote {paths[0]} and {paths[1]} (load with np.load(path, allow_pickle=False))")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="espo-ref", description="The ESPO reference implementation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    conform = sub.add_parser("conform", help="validate an implementation against the golden vectors")
-    conform.add_argument("--impl", required=True, help="package.module:callable under test")
+    conform = sub.add_parser("conform", help="validate an implementation against the golden vectors",
+                             description="Exit status: 0 conformant, 1 not conformant, 2 usage or setup error. "
+                                         "specs/conformance.md describes levels, tolerances and adapters.")
+    conform.add_argument("--impl", default=None, help="package.module:callable under test")
     conform.add_argument("--function", default=None,
                          help="which reference function it implements (default: the callable's name, else espo_loss)")
     conform.add_argument("--adapter", default="native",
-                         help="native, torch-loss, verl, an adapter the implementation's module registers, "
-                              "or package.module:AdapterClass")
+                         help="native, torch-loss, verl, verl-advantage, an adapter the implementation's module "
+                              "registers, or package.module:AdapterClass")
     conform.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"],
                          help="array type passed in; auto: torch when the implementation's module imports torch")
     conform.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    conform.add_argument("--profile", default="full", choices=["core", "full"],
+                         help="core: the cases of the default options only; full: every case (default)")
     conform.add_argument("--include", action="append", default=[], help="glob on case id or clause id (repeatable)")
     conform.add_argument("--exclude", action="append", default=[], help="glob on case id or clause id (repeatable)")
-    conform.add_argument("--xfail-file", default=None, help="file of case-id globs expected to fail, '# reason' after")
-    conform.add_argument("--report", default=None, help="write a JSON report here")
+    conform.add_argument("--xfail-file", default=None,
+                         help="file of case-id globs expected to fail, '# reason' after; or a shipped file's "
+                              "name (verl-0.9.1)")
+    conform.add_argument("--fields", default=None,
+                         help="compare only these outputs (comma-separated, e.g. loss); loss cases compare loss "
+                              "and grad and every field the adapter provides unless narrowed")
+    conform.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="per-case limit; a case that hangs longer is an error (default 60)")
+    conform.add_argument("--no-isolation", action="store_true",
+                         help="call the implementation in this process (no timeout, no protection from sys.exit)")
+    conform.add_argument("--report", default=None, help="write a JSON report here (also on errors)")
+    conform.add_argument("--junit", default=None, help="write JUnit XML here")
     conform.add_argument("--property", type=int, default=0, metavar="N",
                          help="also run N hypothesis-generated cases against the numpy reference")
-    conform.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    conform.add_argument("--dump", default=None, metavar="CASE_ID",
+                         help="write this case's inputs, config and expected outputs (JSON and .npz) to --to")
+    conform.add_argument("--to", default=None, metavar="DIR", help="folder for --dump")
+    conform.add_argument("--from", dest="dump_from", default=None, metavar="REPORT",
+                         help="with --dump: take a failing property case from this JSON report")
+    conform.add_argument("--force", action="store_true", help="with --dump: overwrite existing files")
+    conform.add_argument("-v", "--verbose", action="store_true", help="list passing cases too; tracebacks")
     conform.set_defaults(handler=_conform)
 
     from .train.cli import add_parsers as add_train_parsers

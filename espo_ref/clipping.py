@@ -6,8 +6,7 @@ import numpy as np
 
 from ._checks import as_real_array, entropy_in_range, finite_on
 from ._segments import Segments
-from .config import ESPOConfig
-from .errors import ESPOInputError
+from .config import ESPOConfig, check_config
 from .grouping import check_groups, trained_tokens
 
 
@@ -17,8 +16,7 @@ def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
     With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
     K_i the number of trained groups of response i. 0 on padding.
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     ent = as_real_array(entropy, "entropy", ndim=2)
     g = check_groups(groups, ent.shape)
     response = g >= 0

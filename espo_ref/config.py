@@ -31,6 +31,16 @@ def check_known_fields(cls, data: dict[str, Any], what: str = "config") -> None:
         raise ESPOInputError(f"{what} has unknown fields {sorted(unknown)}")
 
 
+def check_config(config: Any, cls: type, name: str = "config") -> Any:
+    """A config of exactly the expected class, validated again: a config object built without
+    its checks (as the conformance runner hands implementations) is still refused [ESPO-CONFIG]."""
+    if not isinstance(config, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise ESPOInputError(f"{name} must be {article} {cls.__name__}, got {type(config).__name__}")
+    config.__post_init__()
+    return config
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ESPOInputError(f"{name} must be one of {choices}, got {value!r}")

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._checks import as_mask, as_real_array, check_shape, entropy_in_range, finite_on
-from .config import ESPOConfig
+from .config import ESPOConfig, check_config
 from .errors import ESPOInputError
 
 HIGH_GROUP = 0
@@ -84,8 +84,7 @@ def entropy_groups(entropy, mask, config: ESPOConfig) -> np.ndarray:
     response, 1 = the rest. Variants: batch_top_fraction [ESPO-GROUP-BATCH],
     entropy_ranges [ESPO-GROUP-RANGES], none [ESPO-GROUP-NONE], token [ESPO-GROUP-TOKEN].
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     ent, m = validate_entropy(entropy, mask, config)
     B, T = m.shape
     if config.grouping == "top_fraction":

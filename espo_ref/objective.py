@@ -7,7 +7,7 @@ import numpy as np
 from ._checks import advantages_2d, as_real_array, check_shape, token_inputs
 from ._segments import Segments
 from .clipping import clip_bounds
-from .config import ESPOConfig
+from .config import ESPOConfig, check_config
 from .errors import ESPOInputError
 from .grouping import HIGH_GROUP, entropy_groups, trained_tokens, validate_entropy
 from .ratio import group_log_ratio
@@ -125,8 +125,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig) -> 
     ``grad`` is the exact d loss / d logp implied by the stop-gradients of Eq. 9; entropy,
     old_logp and advantages are constants. See specs/ESPO.md for every pinned reading.
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     lp, olp, m = token_inputs(logp, old_logp, mask)
     check_shape(as_real_array(entropy, "entropy", ndim=2), "entropy", lp.shape, "logp")
     ent, _ = validate_entropy(entropy, m, config)

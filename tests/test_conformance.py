@@ -93,7 +93,7 @@ def test_failure_report_names_clause_errors_and_reproduction():
     assert failed
     r = failed[0]
     assert "ESPO-CLIP" in r.suspects and "eps:" in r.message and "max abs" in r.message
-    assert "--include 'espo_loss/default/" in r.reproduce
+    assert "--include espo_loss/default/" in r.reproduce and "--impl mutants:" in r.reproduce
     assert r.fields["eps"]["bad"] >= 1
 
 
@@ -121,10 +121,12 @@ def test_cli_pass_and_fail_exit_codes(tmp_path, capsys):
     assert cli_main(["conform", "--impl", "espo_ref:espo_loss", "--report", str(out), "--property", "5"]) == 0
     report = json.loads(out.read_text())
     assert report["spec_version"] == espo_ref.SPEC_VERSION and report["impl"] == "espo_ref:espo_loss"
-    assert report["counts"]["pass"] == len(report["cases"]) and report["property"]["failures"] == []
+    assert report["counts"]["pass"] == len(report["cases"]) and report["conformant"] is True
+    assert report["cases"][-1]["case_id"] == "property/espo_loss" and report["property_examples"] == 5
     assert cli_main(["conform", "--impl", "mutants:_advantages_without_bessel", "--function", "grpo_advantages"]) == 1
     text = capsys.readouterr().out
-    assert "FAIL" in text and "ESPO-ADV" in text and "reproduce: espo-ref conform" in text
+    assert "FAIL" in text and "ESPO-ADV" in text and "espo-ref conform --impl mutants:_advantages_without_bessel" in text
+    assert "population-std" in text
 
 
 class _LossOnlyAdapter:
@@ -140,6 +142,12 @@ class _LossOnlyAdapter:
 
 
 def test_adapter_named_by_module_path(capsys):
-    """--adapter package.module:Class loads an adapter the package does not know."""
-    assert cli_main(["conform", "--impl", "espo_ref:espo_loss", "--adapter", "test_conformance:_LossOnlyAdapter"]) == 0
-    assert "espo_loss [test_conformance:_LossOnlyAdapter/numpy/cpu]" in capsys.readouterr().out
+    """--adapter package.module:Class loads an adapter the package does not know; one that
+    returns the loss only fails every value case unless the check is narrowed by --fields."""
+    args = ["conform", "--impl", "espo_ref:espo_loss", "--adapter", "test_conformance:_LossOnlyAdapter"]
+    assert cli_main(args) == 1
+    assert "returned no grad" in capsys.readouterr().out
+    assert cli_main(args + ["--fields", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert "espo_loss [test_conformance:_LossOnlyAdapter/numpy/cpu, profile full]" in out
+    assert "not compared: " in out and "grad" in out.split("not compared: ")[1] and "(--fields)" in out

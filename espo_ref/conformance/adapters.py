@@ -1,10 +1,21 @@
 """Adapters: how the conformance runner calls an implementation under test.
 
-An adapter turns a golden case into a call of the implementation and returns its outputs
-as float64 numpy arrays in a dict: ``loss`` and ``grad`` for losses (plus any of
-``groups``, ``eps``, ``log_ratio``, ``ratio``, ``clipped_high``, ``clipped_low`` and
-``metrics`` it can provide), or the single output of a component function. Fields an
-adapter does not return are not compared.
+specs/conformance.md is the user-facing description of this API; in short:
+
+An adapter is a class built as ``Adapter(impl, function, backend, device)`` whose
+``run(case)`` turns a golden case (:class:`~espo_ref.conformance.golden.GoldenCase`) into a
+call of ``impl`` and returns its outputs in a dict of numbers / arrays: ``loss`` and ``grad``
+for losses (plus any of ``groups``, ``eps``, ``log_ratio``, ``ratio``, ``clipped_high``,
+``clipped_low``, ``weight`` and a ``metrics`` dict it can provide), or the single output of a
+component function (``entropy``, ``n_high``, ``groups``, ``eps``, ``log_ratio``,
+``advantages``). ``provides`` names the fields it can return (None: every field of the case);
+a loss case always compares ``loss`` and ``grad``, and a field an adapter provides but does
+not return is a failure.
+
+``impl`` reaches the adapter wrapped, so that an exception *raised by the implementation* is
+told apart from one raised by the adapter (a bug of the harness, never a pass). An adapter
+raises :class:`BadResult` when the implementation returned something unusable (None, no
+``.loss``, a loss that is not differentiable).
 
 Writing a new adapter takes a dozen lines::
 
@@ -12,12 +23,14 @@ Writing a new adapter takes a dozen lines::
 
     @register("my-trainer")
     class MyTrainerAdapter(Adapter):
+        provides = ("loss", "grad")
+
         def run(self, case):
             t = self.tensors(case)                       # torch tensors, logp requires grad
+            cfg = case.config or {}                      # raw option values, e.g. {"vocab_size": 16}
             loss = self.impl(t["logp"], t["old_logp"], t["mask"], t["advantages"],
-                             entropy=t.get("entropy"), **(case.config or {}))
-            loss.backward()
-            return {"loss": float(loss), "grad": self.numpy(t["logp"].grad)}
+                             entropy=t.get("entropy"), **cfg)
+            return {"loss": self.scalar(loss), "grad": self.grad(loss, t["logp"])}
 
 and ``espo-ref conform --impl my_pkg.losses:espo --adapter my-trainer`` runs it when
 ``my_pkg.losses`` (imported first) registers it; ``--adapter my_pkg.adapters:MyTrainerAdapter``
@@ -26,11 +39,12 @@ names an unregistered class directly.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numpy as np
 
-from .functions import COMPARED_METRICS, FUNCTIONS, LOSS_TOKEN_FIELDS
+from .functions import FUNCTIONS, LOSS_TOKEN_FIELDS
 from .golden import GoldenCase
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
@@ -44,13 +58,65 @@ def register(name: str):
     return wrap
 
 
+class BadResult(Exception):
+    """The implementation returned something the adapter cannot use (a failure of the
+    implementation, not of the harness)."""
+
+
+class ImplementationRaised(Exception):
+    """An exception raised inside the implementation (``original`` is it)."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+class ImplementationExited(Exception):
+    """The implementation called sys.exit (or raised SystemExit)."""
+
+    def __init__(self, code):
+        super().__init__(f"the implementation called sys.exit({code!r})")
+        self.code = code
+
+
+class TrackedImpl:
+    """The implementation as adapters see it: calling it marks every exception it raises as
+    the implementation's own."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        functools.update_wrapper(self, fn, updated=())
+
+    def __call__(self, *args, **kwargs):
+        with implementation_code():
+            return self.fn(*args, **kwargs)
+
+
+class implementation_code:
+    """Context manager: exceptions inside belong to the implementation (its call, or the
+    backward pass through the graph it built)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, (ImplementationRaised, ImplementationExited, BadResult)):
+            return False
+        if isinstance(exc, SystemExit):
+            raise ImplementationExited(exc.code) from None
+        if isinstance(exc, Exception):
+            raise ImplementationRaised(exc) from exc
+        return False  # KeyboardInterrupt and friends propagate
+
+
 class Adapter:
     """Calls ``impl`` on a case; ``backend`` is "numpy" or "torch", ``device`` a torch device."""
 
     name = "base"
+    provides: tuple[str, ...] | None = None  # None: every field of the case
 
     def __init__(self, impl: Callable, function: str, backend: str = "numpy", device: str = "cpu"):
-        self.impl = impl
+        self.impl = impl if isinstance(impl, TrackedImpl) else TrackedImpl(impl)
         self.function = FUNCTIONS[function]
         self.backend = backend
         self.device = device
@@ -59,6 +125,11 @@ class Adapter:
         raise NotImplementedError
 
     # helpers ---------------------------------------------------------------------------
+
+    def config(self, case: GoldenCase):
+        """The case's config object, built *without* its checks: validating the option
+        values is the implementation's job (the config-error cases test it)."""
+        return self.function.raw_config(case.config)
 
     def tensors(self, case: GoldenCase) -> dict[str, Any]:
         """The case's inputs as torch tensors of the case dtype; logp requires grad."""
@@ -90,6 +161,29 @@ class Adapter:
             x = x.numpy()
         return np.asarray(x)
 
+    @classmethod
+    def scalar(cls, loss) -> float:
+        """The loss as a float; BadResult when it is not one number."""
+        if loss is None:
+            raise BadResult("the implementation returned None where a loss was expected")
+        try:
+            arr = cls.numpy(loss)
+            if arr.size != 1:
+                raise BadResult(f"the loss has shape {tuple(arr.shape)}, not a single number")
+            return float(arr.reshape(()))
+        except (TypeError, ValueError) as exc:
+            raise BadResult(f"the loss is not a number: {type(loss).__name__} ({exc})") from None
+
+    def grad(self, loss, logp) -> np.ndarray:
+        """d loss / d logp by autograd (a backward pass through the implementation's graph)."""
+        if not getattr(loss, "requires_grad", False):
+            raise BadResult("the loss is not differentiable with respect to logp (requires_grad is False)")
+        with implementation_code():
+            loss.backward()
+        if logp.grad is None:
+            raise BadResult("the loss does not depend on logp (no gradient reached it)")
+        return self.numpy(logp.grad)
+
 
 def _result_fields(result, outputs: dict) -> dict:
     for name in LOSS_TOKEN_FIELDS:
@@ -100,34 +194,39 @@ def _result_fields(result, outputs: dict) -> dict:
             outputs[name] = Adapter.numpy(value)
     metrics = getattr(result, "metrics", None)
     if metrics:
-        outputs["metrics"] = {k: float(metrics[k]) for k in COMPARED_METRICS if k in metrics}
+        outputs["metrics"] = {k: float(v) for k, v in dict(metrics).items()
+                              if isinstance(v, (int, float)) or np.ndim(v) == 0}
     return outputs
 
 
 @register("native")
 class NativeAdapter(Adapter):
     """Our own signature: ``fn(*inputs, config)`` returning a LossResult-like object (losses)
-    or the output array (components). With ``backend="torch"`` the gradient is autograd's."""
+    or the output array (components). With ``backend="torch"`` the gradient is autograd's;
+    every field of the case is compared."""
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
         spec = self.function
-        config = spec.make_config(case.config)
-        if self.backend == "torch":
-            inputs = self.tensors(case)
-        else:
-            inputs = self.arrays(case)
+        config = self.config(case)
+        inputs = self.tensors(case) if self.backend == "torch" else self.arrays(case)
         args = [inputs[name] for name in spec.inputs]
         if not spec.is_loss:
             if config is not None:
                 args.append(config)
-            return {spec.output: self.numpy(self.impl(*args, **case.kwargs))}
+            out = self.impl(*args, **case.kwargs)
+            if out is None:
+                raise BadResult(f"the implementation returned None where {spec.output!r} was expected")
+            return {spec.output: self.numpy(out)}
         result = self.impl(*args, config)
+        if result is None:
+            raise BadResult("the implementation returned None; expected an object with .loss and .grad")
+        if not hasattr(result, "loss"):
+            raise BadResult(f"the implementation returned a {type(result).__name__} without .loss "
+                            "(use --adapter torch-loss for a function that returns the loss tensor)")
         loss = result.loss
-        outputs: dict[str, Any] = {}
-        if self.backend == "torch" and hasattr(loss, "backward") and loss.requires_grad:
-            loss.backward()
-            outputs["grad"] = self.numpy(inputs["logp"].grad)
-        outputs["loss"] = float(self.numpy(loss))
+        outputs: dict[str, Any] = {"loss": self.scalar(loss)}
+        if self.backend == "torch" and getattr(loss, "requires_grad", False):
+            outputs["grad"] = self.grad(loss, inputs["logp"])
         return _result_fields(result, outputs)
 
 
@@ -136,49 +235,11 @@ class TorchLossAdapter(Adapter):
     """Any callable with our argument order returning a differentiable loss tensor (or an
     object with ``.loss``); the gradient is taken by autograd. Only loss and grad compare."""
 
+    provides = ("loss", "grad")
+
     def run(self, case: GoldenCase) -> dict[str, Any]:
         spec = self.function
         inputs = self.tensors(case)
-        out = self.impl(*[inputs[name] for name in spec.inputs], spec.make_config(case.config))
+        out = self.impl(*[inputs[name] for name in spec.inputs], self.config(case))
         loss = getattr(out, "loss", out)
-        loss.backward()
-        return {"loss": float(self.numpy(loss)), "grad": self.numpy(inputs["logp"].grad)}
-
-
-class VerlConfig(dict):
-    """A dict with attribute access, as verl's policy-loss functions read their config."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-@register("verl")
-class VerlAdapter(Adapter):
-    """A verl-style policy loss ``fn(old_log_prob, log_prob, advantages, response_mask,
-    loss_agg_mode, config) -> loss | (loss, ...)``. Advantages are passed per token [B, T];
-    the config carries our fields plus verl's names (clip_ratio_low / clip_ratio_high /
-    clip_ratio_c) and, for ESPO, the old-policy ``entropy`` tensor."""
-
-    def run(self, case: GoldenCase) -> dict[str, Any]:
-        import torch
-
-        t = self.tensors(case)
-        mask = t["mask"]
-        adv = t["advantages"]
-        if adv.dim() == 1:
-            adv = adv[:, None].expand_as(mask).contiguous()
-        fields = dict(case.config or {})
-        config = VerlConfig(fields)
-        config.setdefault("clip_ratio_low", fields.get("eps_low"))
-        config.setdefault("clip_ratio_high", fields.get("eps_high"))
-        config.setdefault("clip_ratio_c", fields.get("dual_clip"))
-        if "entropy" in t:
-            config["entropy"] = t["entropy"]
-        mode = fields.get("loss_agg_mode", "seq-mean-token-mean")
-        out = self.impl(t["old_logp"], t["logp"], adv, mask.to(torch.bool), mode, config)
-        loss = out[0] if isinstance(out, (tuple, list)) else out
-        loss.backward()
-        return {"loss": float(self.numpy(loss)), "grad": self.numpy(t["logp"].grad)}
+        return {"loss": self.scalar(loss), "grad": self.grad(loss, inputs["logp"])}

@@ -34,6 +34,23 @@ class FunctionSpec:
             return None
         return self.config_class.from_dict(config)
 
+    def raw_config(self, config: dict | None):
+        """The config object with the case's values set *without* running its checks (an
+        invalid value reaches the implementation, whose own validation is then tested)."""
+        if self.config_class is None or config is None:
+            return None
+        import dataclasses
+
+        obj = object.__new__(self.config_class)
+        for f in dataclasses.fields(self.config_class):
+            value = config.get(f.name, f.default)
+            if value is dataclasses.MISSING:
+                continue
+            if f.name == "entropy_edges" and isinstance(value, list):
+                value = tuple(value)
+            object.__setattr__(obj, f.name, value)
+        return obj
+
 
 _TOKEN_LOSS = ("logp", "old_logp", "mask", "advantages")
 
@@ -52,14 +69,16 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "grpo_advantages": FunctionSpec("grpo_advantages", ("rewards", "prompt_ids", "valid"), None, ("ddof", "eps"), "advantages"),
 }
 
-# Per-token outputs of a loss result that a case may hold, and the metrics compared.
-LOSS_TOKEN_FIELDS = ("groups", "eps", "log_ratio", "ratio", "clipped_high", "clipped_low", "grad")
-COMPARED_METRICS = ("tokens", "clipfrac", "clipfrac_high", "clipfrac_low")
+# Per-token outputs of a loss result that a case may hold. Every metric of the reference is
+# stored; those an implementation returns are compared.
+LOSS_TOKEN_FIELDS = ("groups", "eps", "log_ratio", "ratio", "clipped_high", "clipped_low", "weight", "grad")
+# The fields every loss case compares unless the user narrows the check (--fields).
+LOSS_CORE_FIELDS = ("loss", "grad")
 
 # The order in which fields are computed: the first field that fails names the suspect
 # clauses (a wrong grouping makes everything after it wrong too).
 FIELD_ORDER = ("n_high", "entropy", "advantages", "groups", "eps", "log_ratio", "ratio",
-               "clipped_high", "clipped_low", "loss", "grad", "metrics")
+               "clipped_high", "clipped_low", "weight", "loss", "grad", "metrics")
 FIELD_CLAUSES: dict[str, tuple[str, ...]] = {
     "n_high": ("ESPO-GROUP-TOPFRAC",),
     "entropy": ("ESPO-ENT",),
@@ -70,6 +89,7 @@ FIELD_CLAUSES: dict[str, tuple[str, ...]] = {
     "ratio": ("ESPO-RATIO", "BASE-"),
     "clipped_high": ("ESPO-CLIPMASK", "BASE-"),
     "clipped_low": ("ESPO-CLIPMASK", "BASE-"),
+    "weight": ("ESPO-AGG", "BASE-AGG"),
     "loss": ("ESPO-OBJ", "ESPO-AGG", "BASE-"),
     "grad": ("ESPO-RATIO-TOKEN", "ESPO-RATIO-LITERAL", "ESPO-RATIO-CLAMP", "ESPO-AGG", "BASE-"),
     "metrics": ("ESPO-METRICS", "BASE-METRICS"),
@@ -91,6 +111,53 @@ def suspects(failed_fields: list[str], case_clauses: list[str]) -> list[str]:
     return list(case_clauses)
 
 
+# Option fields: a value other than the default is a reading a partial implementation may not
+# offer (the case "requires" it). Other fields (alpha, top_fraction, eps_low, ...) are
+# hyperparameters every implementation takes. A value of None means "any non-None value".
+OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "espo_loss": {"grouping": "top_fraction", "eps_reading": "group_mean", "ratio_form": "gspo_token",
+                  "clip": "adaptive", "drop_low_group": False, "log_ratio_clamp": None},
+    "entropy_groups": {"grouping": "top_fraction"},
+    "group_clip_eps": {"grouping": "top_fraction", "eps_reading": "group_mean"},
+    "grpo_loss": {"dual_clip": None, "loss_agg_mode": None, "max_len": None, "log_ratio_clamp": None},
+    "dapo_loss": {"dual_clip": None, "loss_agg_mode": None, "max_len": None, "log_ratio_clamp": None},
+    "gspo_loss": {"level": "token", "loss_agg_mode": None, "max_len": None, "log_ratio_clamp": None},
+    "gmpo_loss": {"loss_agg_mode": None, "max_len": None},
+    "cispo_loss": {"loss_agg_mode": None, "max_len": None, "log_ratio_clamp": None},
+    "grpo_advantages": {"ddof": 1},
+}
+
+
+def required_options(function: str, config: dict | None, kwargs: dict | None) -> list[str]:
+    """The options a case needs beyond the defaults, as ``field=value`` (empty: a core case).
+
+    ``log_ratio_clamp`` counts only when set to None (no clamp); the value of the clamp is a
+    hyperparameter. ``dual_clip`` and ``max_len`` count when set at all.
+    """
+    given = {**(config or {}), **(kwargs or {})}
+    spec = FUNCTIONS[function]
+    defaults = {}
+    if spec.config_class is not None:
+        import dataclasses
+
+        defaults = {f.name: f.default for f in dataclasses.fields(spec.config_class)}
+    out = []
+    for name, default in OPTION_DEFAULTS.get(function, {}).items():
+        if name not in given:
+            continue
+        value = given[name]
+        if name == "log_ratio_clamp":
+            needed = value is None
+        elif name in ("dual_clip", "max_len"):
+            needed = value is not None
+        else:
+            default = defaults.get(name, default) if default is None else default
+            needed = value != default
+        if needed:
+            out.append(f"{name}={value}")
+    return out
+
+
 def reference_outputs(spec: FunctionSpec, inputs: dict[str, np.ndarray], config: dict | None,
                       kwargs: dict) -> dict[str, Any]:
     """Expected outputs of the numpy reference for a case (losses: loss, grad, fields, metrics)."""
@@ -104,7 +171,7 @@ def reference_outputs(spec: FunctionSpec, inputs: dict[str, np.ndarray], config:
             value = getattr(result, name, None)
             if value is not None and name != "grad":
                 out[name] = value
-        out["metrics"] = {k: float(result.metrics[k]) for k in COMPARED_METRICS if k in result.metrics}
+        out["metrics"] = {k: float(v) for k, v in result.metrics.items()}
         return out
     if cfg is not None:
         args.append(cfg)

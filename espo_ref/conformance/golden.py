@@ -21,7 +21,7 @@ import numpy as np
 from .. import SPEC_VERSION
 from ..tolerances import TOLERANCES
 from .arrays import checksum, decode, encode, round_to_dtype
-from .functions import FUNCTIONS, reference_outputs
+from .functions import FUNCTIONS, reference_outputs, required_options
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MANIFEST = "manifest.json"
@@ -42,6 +42,11 @@ class GoldenCase:
     kwargs: dict
     expected: dict[str, Any]
     source: str
+
+    @property
+    def requires(self) -> list[str]:
+        """The options beyond the defaults this case needs (empty: in the core profile)."""
+        return required_options(self.function, self.config, self.kwargs)
 
     def tolerance(self) -> dict:
         backend = "numpy" if self.dtype == "float64" else "torch"
@@ -72,6 +77,7 @@ class GoldenCase:
             "kwargs": {k: _float(v) if isinstance(v, float) else v for k, v in self.kwargs.items()},
             "inputs": {k: encode(v, self.dtype if v.dtype.kind == "f" else None) for k, v in self.inputs.items()},
             "expected": expected,
+            "requires": self.requires,
             "tolerance": self.tolerance(),
             "source": self.source,
         }
@@ -363,8 +369,9 @@ def _handworked_cases() -> Iterator[GoldenCase]:
         config = dict(case.config) if case.config else None
         kwargs: dict = {}
         errors = [e for e in case.expects if e[1] == "~"]
-        if spec.name in ("token_entropy", "high_group_size", "grpo_advantages"):
-            continue  # row-wise tables; covered by their own generated cases and tests
+        if spec.name in ROW_TABLES:
+            yield from _row_table_cases(case, spec)
+            continue
         arrays, mask, keys = token_arrays(case, TOKEN_INPUTS)
         inputs = {k: arrays[k] for k in ("logp", "old_logp", "entropy") if k in arrays and k in spec.inputs}
         inputs["mask"] = mask
@@ -379,7 +386,7 @@ def _handworked_cases() -> Iterator[GoldenCase]:
                 elif name.startswith("metrics."):
                     expected.setdefault("metrics", {})[name.split(".", 1)[1]] = float(evaluate(expr))
             padding = {"groups": -1, "clipped": "-"}
-            for column in ("groups", "eps", "log_ratio", "ratio", "grad", "clipped"):
+            for column in ("groups", "eps", "log_ratio", "ratio", "weight", "grad", "clipped"):
                 if column not in case.header:
                     continue
                 fill = padding.get(column, 0.0)
@@ -401,6 +408,39 @@ def _handworked_cases() -> Iterator[GoldenCase]:
                          config, kwargs, expected, f"handworked: specs/{case.source.split(':')[0]}#{case.case_id}")
 
 
+ROW_TABLES = ("token_entropy", "high_group_size", "grpo_advantages")
+
+
+def _row_table_cases(case, spec) -> Iterator[GoldenCase]:
+    """Hand-worked tables keyed by row: one case per row for token_entropy (each row has its
+    own vocabulary and temperature) and high_group_size, one case per table for
+    grpo_advantages (its rows are the batch)."""
+    from .handworked import evaluate
+
+    source = f"handworked: specs/{case.source.split(':')[0]}#{case.case_id}"
+    if spec.name == "grpo_advantages":
+        column = {k: [evaluate(r[k]) for r in case.rows] for k in ("reward", "prompt", "valid", "adv")}
+        inputs = {"rewards": np.array(column["reward"], dtype=np.float64),
+                  "prompt_ids": np.array(column["prompt"], dtype=np.int64),
+                  "valid": np.array(column["valid"], dtype=bool)}
+        kwargs = {k: v for k, v in case.config.items()}
+        yield GoldenCase(f"handworked/{case.case_id}", spec.name, case.clauses, "float64", inputs, None, kwargs,
+                         {"advantages": np.array(column["adv"], dtype=np.float64)}, source)
+        return
+    for row in case.rows:
+        r = int(evaluate(row["row"]))
+        if spec.name == "token_entropy":
+            inputs = {"logits": np.array([evaluate(row["logits"])], dtype=np.float64)}
+            kwargs = {"temperature": float(evaluate(row["temperature"]))}
+            expected = {"entropy": np.array([evaluate(row["entropy"])], dtype=np.float64)}
+        else:
+            inputs = {"lengths": np.array([evaluate(row["length"])], dtype=np.int64)}
+            kwargs = {"top_fraction": float(evaluate(row["top_fraction"]))}
+            expected = {"n_high": np.array([evaluate(row["n_high"])], dtype=np.int64)}
+        yield GoldenCase(f"handworked/{case.case_id}/{r}", spec.name, case.clauses, "float64", inputs, None,
+                         kwargs, expected, source)
+
+
 def build_cases() -> list[GoldenCase]:
     return [*_handworked_cases(), *_component_cases(), *_espo_cases(), *_baseline_cases()]
 
@@ -420,7 +460,7 @@ def write(cases: list[GoldenCase], folder: Path = DATA_DIR) -> None:
         entries.append({
             "id": case.case_id, "function": case.function, "clauses": case.clauses,
             "spec_version": SPEC_VERSION, "config": case.config, "dtype": case.dtype,
-            "shapes": {k: list(v.shape) for k, v in case.inputs.items()},
+            "shapes": {k: list(v.shape) for k, v in case.inputs.items()}, "requires": case.requires,
             "tolerance": obj["tolerance"], "file": f"{case.function}.json", "sha256": checksum(obj),
             "source": case.source,
         })

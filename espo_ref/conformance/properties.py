@@ -7,13 +7,13 @@ input. Needs the ``hypothesis`` package.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import numpy as np
 
 from .functions import FUNCTIONS, reference_outputs
 from .golden import BASELINE_VARIANTS, COMMON_ESPO_CLAUSES, ESPO_VARIANTS, GoldenCase
-from .runner import run_case
 
 
 PROPERTY_FUNCTIONS = ("espo_loss",) + tuple(sorted({fn for fn, *_ in BASELINE_VARIANTS}))
@@ -28,10 +28,10 @@ def _variants(function: str):
     return found
 
 
-def property_cases_strategy(function: str):
+def property_cases_strategy(function: str, variants=None):
     from hypothesis import strategies as st
 
-    variants = _variants(function)
+    variants = _variants(function) if variants is None else variants
     finite = dict(allow_nan=False, allow_infinity=False)
 
     @st.composite
@@ -66,18 +66,48 @@ def property_cases_strategy(function: str):
     return cases()
 
 
-def run_properties(adapter, function: str, examples: int) -> list:
-    """Run ``examples`` property cases; returns the CaseResults of the failing ones (shrunk)."""
+def run_properties(executor, target, examples: int, include=(), exclude=(), profile: str = "full",
+                   fields=None, provides=None, xfail=None) -> list:
+    """Run ``examples`` property cases drawn from the variants the selection keeps (profile,
+    include, exclude; xfail-listed variants are not drawn). Returns one CaseResult: pass, or
+    the shrunk failing case with its config and inputs (``case``), which --dump can write."""
     from hypothesis import HealthCheck, given, settings
 
+    from .functions import required_options
+    from .runner import CaseResult, _matches, in_profile, reproduce_command, run_case
+
+    function = target.function
+    if function not in PROPERTY_FUNCTIONS:
+        from .execution import SetupError
+
+        raise SetupError(f"--property supports {', '.join(PROPERTY_FUNCTIONS)}; got --function {function}")
+    xfail = xfail or {}
+    kept, skipped = [], []
+    for name, overrides, clauses in _variants(function):
+        case_id = f"property/{function}/{name}"
+        if not in_profile(required_options(function, overrides, {}), profile):
+            continue
+        if include and not _matches(case_id, clauses, include):
+            continue
+        if exclude and _matches(case_id, clauses, exclude):
+            continue
+        if any(fnmatch.fnmatchcase(case_id, p) for p in xfail):
+            skipped.append(case_id)
+            continue
+        kept.append((name, overrides, clauses))
+    run_id = f"property/{function}"
+    if not kept:
+        return []
     failures: list = []
+    repro = reproduce_command(target, "property/*", profile, fields, None, executor.isolated) + f" --property {examples}"
 
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), print_blob=False)
-    @given(case=property_cases_strategy(function))
+    @given(case=property_cases_strategy(function, kept))
     def check(case):
-        result = run_case(adapter, case, "re-run with the same --property N (derandomized)")
-        if result.status != "pass":
+        result = run_case(executor, case, repro, fields, provides)
+        if result.status not in ("pass",):
+            result.case = case.to_json()
             failures[:] = [result]
             raise AssertionError(result.message)
 
@@ -85,4 +115,9 @@ def run_properties(adapter, function: str, examples: int) -> list:
         check()
     except AssertionError:
         pass
-    return failures
+    if failures:
+        return failures
+    note = f"{examples} hypothesis cases over {len(kept)} variants passed"
+    if skipped:
+        note += f"; not drawn (xfail-listed): {', '.join(skipped)}"
+    return [CaseResult(run_id, sorted({c for _, _, cl in kept for c in cl}), "pass", message=note, reproduce=repro)]

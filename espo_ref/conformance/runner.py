@@ -1,31 +1,48 @@
 """The conformance runner: golden cases (and optional property cases) against an implementation.
 
-Each case passes when every output the adapter returns agrees with the expected value
-within the case's tolerance (|got - want| <= atol + rtol |want|; exact for integer and
-boolean outputs). A failure names the case, its clauses, the clauses its first wrong
-output points at, max abs / rel error, how many elements were bad, and a command that
-reproduces it.
+specs/conformance.md is the normative description. A value case passes when every required
+output was returned and agrees with the expected value within the case's tolerance
+(|got - want| <= atol + rtol |want|; exact for integer and boolean outputs); a loss case
+always requires ``loss`` and ``grad`` unless the user narrows the check (``fields``). An
+expected-error case passes only when the *implementation* raises and its message names the
+expected word. An exception of the adapter or the runner, a timeout, a sys.exit or a crash
+of the worker is an ERROR, never a pass. A failure names the case, the clauses its first
+wrong output points at, the known misreading of the spec that reproduces it (when one does),
+max abs / rel error, how many elements were bad, and a command that reproduces it.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import json
 import math
+import os
+import shlex
 import sys
-import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .. import SPEC_VERSION
 from .._io import write_atomic
 from ..tolerances import Tolerance, compare
-from .adapters import ADAPTERS
-from .functions import FIELD_ORDER, FUNCTIONS, suspects
+from .execution import InProcessExecutor, SetupError, Target, WorkerExecutor, detect_backend, import_path, load_object
+from .functions import FIELD_ORDER, FUNCTIONS, LOSS_CORE_FIELDS, suspects
 from .golden import GoldenCase, load
+
+PROFILES = ("core", "full")
+XFAIL_DIR = Path(__file__).resolve().parent / "xfail"
+STATUSES = ("pass", "fail", "error", "xfail", "xpass")
+
+__all__ = ["run_conformance", "format_report", "write_report", "write_junit", "read_xfail_file", "select",
+           "load_impl", "detect_backend", "SetupError", "Report", "CaseResult", "PROFILES"]
+
+
+def load_impl(spec: str) -> Callable:
+    """``package.module:callable`` (dots after the colon walk attributes)."""
+    return load_object(spec)
 
 
 @dataclass
@@ -37,9 +54,12 @@ class CaseResult:
     suspects: list[str] = field(default_factory=list)
     message: str = ""
     reproduce: str = ""
+    diagnoses: list[dict] = field(default_factory=list)
+    not_compared: list[str] = field(default_factory=list)
+    case: dict | None = None  # the full case (property cases, which have no golden file)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in ("", [], {})} | {"status": self.status}
+        return {k: v for k, v in self.__dict__.items() if v not in ("", [], {}, None)} | {"status": self.status}
 
 
 @dataclass
@@ -49,11 +69,21 @@ class Report:
     adapter: str
     backend: str
     device: str
+    profile: str = "full"
+    fields: list[str] | None = None
+    isolated: bool = False
     results: list[CaseResult] = field(default_factory=list)
+    impl_version: str | None = None
+    property_examples: int = 0
+    error: str | None = None
 
     @property
     def unexpected(self) -> list[CaseResult]:
         return [r for r in self.results if r.status in ("fail", "error", "xpass")]
+
+    @property
+    def conformant(self) -> bool:
+        return self.error is None and bool(self.results) and not self.unexpected
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -70,79 +100,93 @@ class Report:
                     out[c] = out.get(c, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
+    def not_compared(self) -> list[str]:
+        """Expected outputs that were never compared in any case (narrowed or not returned)."""
+        seen: dict[str, None] = {}
+        for r in self.results:
+            for name in r.not_compared:
+                seen[name] = None
+        return list(seen)
+
     def to_json(self) -> dict:
         return {
             "spec_version": SPEC_VERSION,
             "impl": self.impl,
-            "impl_version": _impl_version(self.impl),
+            "impl_version": self.impl_version,
             "function": self.function,
             "adapter": self.adapter,
             "backend": self.backend,
             "device": self.device,
+            "profile": self.profile,
+            "fields": self.fields,
+            "isolated": self.isolated,
+            "property_examples": self.property_examples,
+            "conformant": self.conformant,
+            "error": self.error,
             "counts": self.counts(),
             "failing_clauses": self.failing_clauses(),
+            "not_compared": self.not_compared(),
             "cases": [r.to_json() for r in self.results],
         }
 
 
-def _impl_version(impl: str) -> str | None:
-    module = impl.split(":", 1)[0]
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version(module.split(".")[0].replace("_", "-"))
-        except PackageNotFoundError:
-            return getattr(sys.modules.get(module.split(".")[0]), "__version__", None)
-    except Exception:  # noqa: BLE001 - a version is informative only
-        return None
+# --- selection ----------------------------------------------------------------------------
 
 
-def load_impl(spec: str) -> Callable:
-    """``package.module:callable`` (dots after the colon walk attributes)."""
-    if ":" not in spec:
-        raise ValueError(f"--impl must look like package.module:callable, got {spec!r}")
-    module_name, attr = spec.split(":", 1)
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"--impl {spec!r} is not callable")
-    return obj
-
-
-def detect_backend(fn: Callable) -> str:
-    """"torch" when the implementation's module imports torch, else "numpy"."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    names = vars(module).values() if module is not None else ()
-    return "torch" if any(getattr(v, "__name__", None) == "torch" for v in names) else "numpy"
+def shipped_xfail_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(XFAIL_DIR.glob("*.txt"))}
 
 
 def read_xfail_file(path) -> dict[str, str]:
-    """Lines ``PATTERN  # reason``; blank lines and lines starting with # are ignored."""
+    """Lines ``PATTERN  # reason``; blank lines and lines starting with # are ignored.
+
+    ``path`` may also name a file shipped with the package (``verl-0.9.1``)."""
+    p = Path(path)
+    if not p.exists() and str(path) in shipped_xfail_files():
+        p = shipped_xfail_files()[str(path)]
+    if not p.is_file():
+        shipped = ", ".join(shipped_xfail_files()) or "none"
+        raise SetupError(f"--xfail-file {path}: no such file (shipped files: {shipped})")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SetupError(f"--xfail-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SetupError(f"--xfail-file {path}: cannot read it: {exc.strerror}") from None
     out = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            pattern, _, reason = line.partition("#")
-            out[pattern.strip()] = reason.strip() or "listed in the xfail file"
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, _, reason = line.partition("#")
+        pattern = pattern.strip()
+        if not pattern or any(c.isspace() for c in pattern):
+            raise SetupError(f"--xfail-file {path}:{lineno}: expected 'PATTERN  # reason', got {line!r}")
+        out[pattern] = reason.strip() or "listed in the xfail file"
     return out
 
 
-def _matches(case: GoldenCase, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(case.case_id, p) or any(fnmatch.fnmatchcase(c, p) for c in case.clauses)
-               for p in patterns)
+def _matches(case_id: str, clauses, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(case_id, p) or any(fnmatch.fnmatchcase(c, p) for c in clauses) for p in patterns)
 
 
-def select(cases: list[GoldenCase], function: str, include=(), exclude=()) -> list[GoldenCase]:
-    chosen = [c for c in cases if c.function == function]
+def in_profile(requires: list[str], profile: str) -> bool:
+    """core: the cases of the default options only; full: every case."""
+    if profile not in PROFILES:
+        raise SetupError(f"--profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    return profile == "full" or not requires
+
+
+def select(cases: list[GoldenCase], function: str, include=(), exclude=(), profile: str = "full") -> list[GoldenCase]:
+    chosen = [c for c in cases if c.function == function and in_profile(c.requires, profile)]
     if include:
-        chosen = [c for c in chosen if _matches(c, include)]
+        chosen = [c for c in chosen if _matches(c.case_id, c.clauses, include)]
     if exclude:
-        chosen = [c for c in chosen if not _matches(c, exclude)]
+        chosen = [c for c in chosen if not _matches(c.case_id, c.clauses, exclude)]
     return chosen
+
+
+# --- comparison ---------------------------------------------------------------------------
 
 
 def _tol(case: GoldenCase, kind: str) -> Tolerance:
@@ -150,107 +194,241 @@ def _tol(case: GoldenCase, kind: str) -> Tolerance:
     return Tolerance(t["rtol"], t["atol"], "case tolerance")
 
 
-def compare_outputs(case: GoldenCase, got: dict[str, Any]) -> dict[str, dict]:
-    """Per-field comparison reports for every expected field the implementation returned."""
-    reports: dict[str, dict] = {}
-    for name, want in case.expected.items():
-        if name == "error" or name not in got:
-            continue
-        value = got[name]
-        if name == "metrics":
-            keys = [k for k in want if k in value]
-            if keys:
-                reports[name] = compare([value[k] for k in keys], [want[k] for k in keys], _tol(case, "value"))
-                reports[name]["keys"] = keys
-            continue
-        want_arr = np.asarray(want)
-        got_arr = np.asarray(value)
-        if want_arr.dtype.kind in "biu":
-            if got_arr.shape != want_arr.shape:
-                reports[name] = {"ok": False, "reason": f"shape {got_arr.shape} != {want_arr.shape}"}
-                continue
-            bad = got_arr.astype(np.int64) != want_arr.astype(np.int64)
-            rep = {"ok": not bad.any(), "bad": int(bad.sum()), "n": int(bad.size)}
-            if bad.any():
-                idx = tuple(int(i) for i in np.argwhere(bad)[0])
-                rep["first_bad"] = {"index": list(idx), "got": int(got_arr[idx]), "want": int(want_arr[idx])}
-            reports[name] = rep
+def compare_field(case: GoldenCase, name: str, value, want) -> dict:
+    if name == "metrics":
+        keys = [k for k in want if k in value]
+        rep = compare([value[k] for k in keys], [want[k] for k in keys], _tol(case, "value"))
+        rep["keys"] = keys
+        if not rep["ok"]:
+            rep["first_bad"]["key"] = keys[rep["first_bad"]["index"][0]]
+        return rep
+    want_arr, got_arr = np.asarray(want), np.asarray(value)
+    if want_arr.dtype.kind in "biu":
+        if got_arr.shape != want_arr.shape:
+            return {"ok": False, "reason": f"shape {got_arr.shape} != {want_arr.shape}", "bad": int(want_arr.size),
+                    "n": int(want_arr.size)}
+        if got_arr.dtype.kind == "f" and not np.all(np.isfinite(got_arr)):
+            bad = ~np.isfinite(got_arr)
         else:
-            reports[name] = compare(got_arr, want_arr, _tol(case, "grad" if name == "grad" else "value"))
-    return reports
+            bad = got_arr.astype(np.float64) != want_arr.astype(np.float64)
+        rep = {"ok": not bad.any(), "bad": int(bad.sum()), "n": int(bad.size)}
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            rep["first_bad"] = {"index": list(idx), "got": float(got_arr[idx]), "want": int(want_arr[idx])}
+        return rep
+    return compare(got_arr, want_arr, _tol(case, "grad" if name == "grad" else "value"))
 
 
-def run_case(adapter, case: GoldenCase, reproduce: str) -> CaseResult:
+def required_fields(case: GoldenCase, provides, fields) -> tuple[list[str], list[str]]:
+    """(required, not compared) output names of a value case.
+
+    Required: for a loss, ``loss`` and ``grad`` plus every expected field the adapter provides
+    (all of them when ``provides`` is None); for a component, its output. ``fields`` (the
+    user's narrowing) removes the others; they are reported as not compared."""
+    expected = [k for k in case.expected if k != "error"]
+    spec = FUNCTIONS[case.function]
+    if spec.is_loss:
+        required = [k for k in expected if k in LOSS_CORE_FIELDS or provides is None or k in provides]
+    else:
+        required = list(expected)
+    if fields is not None:
+        required = [k for k in required if k in fields]
+    return required, [k for k in expected if k not in required]
+
+
+def _format_failures(result: CaseResult, failed: list[str]) -> str:
+    ordered = sorted(failed, key=lambda n: FIELD_ORDER.index(n) if n in FIELD_ORDER else len(FIELD_ORDER))
+    parts = []
+    for name in ordered:
+        rep = result.fields[name]
+        if "reason" in rep:
+            parts.append(f"{name}: {rep['reason']}")
+            continue
+        parts.append(f"{name}: {rep.get('bad')} of {rep.get('n')} bad, max abs {rep.get('max_abs', 'n/a')}, "
+                     f"max rel {rep.get('max_rel', 'n/a')}, first {rep.get('first_bad')}")
+    return "; ".join(parts)
+
+
+def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=None) -> CaseResult:
+    """Run one case; the status is pass, fail (the implementation's fault) or error (the
+    harness's, or a timeout / exit / crash of the implementation)."""
     result = CaseResult(case.case_id, case.clauses, "pass", reproduce=reproduce)
-    if "error" in case.expected:
-        try:
-            adapter.run(case)
-        except Exception as exc:  # noqa: BLE001 - any error is the expected outcome
-            result.message = f"raised {type(exc).__name__}: {exc}"
+    outcome = executor.run(case)
+    word = case.expected.get("error")
+    if outcome.kind in ("harness", "timeout", "died", "exited"):
+        result.status = "error"
+        result.suspects = list(case.clauses)
+        what = {"harness": "the adapter or runner failed (not the implementation's result)",
+                "timeout": "timed out", "died": "the worker died", "exited": "the implementation exited"}
+        result.message = f"{what[outcome.kind]}: {outcome.error_type}: {outcome.message}"
+        if outcome.traceback:
+            result.message += "\n" + outcome.traceback
+        return result
+    if word is not None:
+        if outcome.kind == "raised" and word in outcome.message:
+            result.message = f"raised {outcome.error_type}: {outcome.message}"
             return result
         result.status = "fail"
         result.suspects = list(case.clauses)
-        result.message = f"expected an error naming {case.expected['error']!r}; nothing was raised"
+        if outcome.kind == "raised":
+            result.message = (f"raised {outcome.error_type}: {outcome.message!r}, which does not name {word!r} "
+                              f"(spec: error ~ {word})")
+        else:
+            result.message = f"expected an error naming {word!r}; the implementation returned normally"
         return result
-    try:
-        got = adapter.run(case)
-    except Exception as exc:  # noqa: BLE001 - reported per case
-        result.status = "error"
-        result.suspects = list(case.clauses)
-        result.message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        return result
-    result.fields = compare_outputs(case, got)
-    if not result.fields:
-        result.status = "error"
-        result.message = "the implementation returned none of the expected outputs"
-        return result
-    failed = [name for name, rep in result.fields.items() if not rep["ok"]]
-    if failed:
+    if outcome.kind == "raised":
         result.status = "fail"
-        result.suspects = suspects(failed, case.clauses)
-        ordered = sorted(failed, key=lambda n: FIELD_ORDER.index(n) if n in FIELD_ORDER else len(FIELD_ORDER))
+        result.suspects = list(case.clauses)
+        result.message = f"raised {outcome.error_type}: {outcome.message} on a valid input"
+        _diagnose(result, case, None, outcome)
+        return result
+    if outcome.kind == "bad_result":
+        result.status = "fail"
+        result.suspects = list(case.clauses)
+        result.message = f"unusable result: {outcome.message}"
+        return result
+    got = outcome.outputs
+    required, result.not_compared = required_fields(case, provides, fields)
+    missing = [k for k in required if k not in got]
+    for name in required:
+        if name in got:
+            result.fields[name] = compare_field(case, name, got[name], case.expected[name])
+    if "metrics" in result.fields:
+        skipped = [k for k in case.expected["metrics"] if k not in got["metrics"]]
+        result.not_compared += [f"metrics.{k}" for k in skipped]
+        if not result.fields["metrics"]["keys"]:
+            del result.fields["metrics"]
+            missing.append("metrics")
+    failed = [name for name, rep in result.fields.items() if not rep["ok"]]
+    if missing or failed:
+        result.status = "fail"
+        result.suspects = suspects(failed, case.clauses) if failed else list(case.clauses)
         parts = []
-        for name in ordered:
-            rep = result.fields[name]
-            parts.append(f"{name}: {rep.get('bad')} of {rep.get('n')} bad, max abs {rep.get('max_abs', 'n/a')}, "
-                         f"max rel {rep.get('max_rel', 'n/a')}, first {rep.get('first_bad', rep.get('reason'))}")
+        if missing:
+            parts.append(f"returned no {', '.join(missing)} (required: {', '.join(required)}; "
+                         f"--fields narrows the check)")
+        if failed:
+            parts.append(_format_failures(result, failed))
         result.message = "; ".join(parts)
+        if failed:
+            _diagnose(result, case, got, outcome)
     return result
+
+
+def _diagnose(result: CaseResult, case: GoldenCase, got, outcome) -> None:
+    from .misreadings import diagnose
+
+    found = diagnose(case, got, compared=list(result.fields), raised=outcome if got is None else None)
+    if not found:
+        return
+    result.diagnoses = [m.to_json() for m in found]
+    result.suspects = list(dict.fromkeys([m.clause for m in found] + result.suspects))
+    names = "; ".join(f"{m.name} [{m.clause}]: {m.summary}" for m in found)
+    result.message = f"your outputs match reading {names} -- " + result.message if got is not None else \
+        f"{names} -- " + result.message
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _repro_prefix(impl: str) -> str:
+    """PYTHONPATH=... when the implementation's package is not importable from a plain shell."""
+    module = sys.modules.get(impl.split(":", 1)[0].split(".")[0])
+    path = getattr(module, "__file__", None)
+    if not path:
+        return ""
+    root = Path(path).resolve().parent
+    if Path(path).name == "__init__.py":
+        root = root.parent
+    if any(part in ("site-packages", "dist-packages") for part in root.parts):
+        return ""
+    here = Path.cwd().resolve()
+    return "" if root == here else f"PYTHONPATH={shlex.quote(str(root))} "
+
+
+def reproduce_command(target: Target, case_id: str, profile: str, fields, timeout, isolate: bool) -> str:
+    parts = [f"espo-ref conform --impl {target.impl} --function {target.function} --adapter {target.adapter}",
+             f"--backend {target.backend} --device {target.device}"]
+    if fields is not None:
+        parts.append(f"--fields {','.join(fields)}")
+    if not isolate:
+        parts.append("--no-isolation")
+    parts.append(f"--include {shlex.quote(case_id)}")
+    return _repro_prefix(target.impl) + " ".join(parts)
 
 
 def run_conformance(impl: Callable | str, function: str | None = None, adapter: str = "native",
                     backend: str = "auto", device: str = "cpu", include=(), exclude=(),
-                    xfail: dict[str, str] | None = None, cases: list[GoldenCase] | None = None) -> Report:
-    """Run the golden cases of ``function`` against ``impl``; returns a Report."""
-    impl_name = impl if isinstance(impl, str) else f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
-    fn = load_impl(impl) if isinstance(impl, str) else impl
-    if function is None:
-        function = getattr(fn, "__name__", "espo_loss")
-        if function not in FUNCTIONS:
-            function = "espo_loss"
-    if function not in FUNCTIONS:
-        raise ValueError(f"--function must be one of {sorted(FUNCTIONS)}, got {function!r}")
-    if ":" in adapter:  # package.module:AdapterClass, defined outside this package
-        adapter_class = load_impl(adapter)
-    elif adapter in ADAPTERS:  # built in, or registered by the implementation's module on import
-        adapter_class = ADAPTERS[adapter]
+                    xfail: dict[str, str] | None = None, cases: list[GoldenCase] | None = None,
+                    profile: str = "full", fields=None, properties: int = 0, timeout: float = 60.0,
+                    isolate: bool = False) -> Report:
+    """Run the golden cases of ``function`` (and ``properties`` hypothesis cases) against
+    ``impl`` (a callable, or its ``package.module:callable`` path); returns a Report.
+
+    ``isolate=True`` calls the implementation in a worker process with ``timeout`` seconds per
+    case (``impl`` must then be importable by path). Raises SetupError on usage problems."""
+    if profile not in PROFILES:
+        raise SetupError(f"--profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    if fields is not None:
+        fields = list(fields)
+        known = {"loss", "grad", "metrics", "weight", "groups", "eps", "log_ratio", "ratio", "clipped_high",
+                 "clipped_low"} | {s.output for s in FUNCTIONS.values() if s.output}
+        unknown = [f for f in fields if f not in known]
+        if unknown or not fields:
+            raise SetupError(f"--fields: unknown output {unknown or fields!r}; known: {', '.join(sorted(known))}")
+    if timeout is not None and not timeout > 0:
+        raise SetupError(f"--timeout must be > 0 seconds, got {timeout}")
+    fn = None
+    if isinstance(impl, str):
+        path = impl
     else:
-        raise ValueError(f"--adapter must be one of {sorted(ADAPTERS)} or package.module:Class, got {adapter!r}")
-    if backend == "auto":
-        backend = "torch" if adapter in ("torch-loss", "verl") else detect_backend(fn)
-    runner = adapter_class(fn, function, backend, device)
-    report = Report(impl_name, function, adapter, backend, device)
-    xfail = xfail or {}
-    for case in select(cases if cases is not None else load(), function, include, exclude):
-        repro = (f"espo-ref conform --impl {impl_name} --function {function} --adapter {adapter} "
-                 f"--backend {backend} --device {device} --include '{case.case_id}'")
-        res = run_case(runner, case, repro)
-        reason = next((r for p, r in xfail.items() if fnmatch.fnmatchcase(case.case_id, p)), None)
-        if reason is not None:
-            res.status = "xpass" if res.status == "pass" else "xfail"
-            res.message = (res.message + f" [xfail: {reason}]").strip()
-        report.results.append(res)
-    return report
+        fn = impl
+        path = import_path(impl)
+        if path is None:
+            if isolate:
+                raise SetupError(f"--impl {impl!r} is not importable by path; pass isolate=False")
+            path = f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
+    target = Target(path, function, adapter, backend, device)
+    executor = WorkerExecutor(target, timeout) if isolate else InProcessExecutor(target, fn)
+    try:
+        info = executor.info
+        target = Target(path, info["function"], info["adapter"], info["backend"], device)
+        report = Report(path, target.function, target.adapter, target.backend, device, profile, fields, isolate,
+                        impl_version=info.get("impl_version"), property_examples=properties)
+        if cases is None:
+            try:
+                cases = load()
+            except (OSError, ValueError, KeyError) as exc:
+                raise SetupError(f"golden data: {exc}") from exc
+        chosen = select(cases, target.function, include, exclude, profile)
+        xfail = xfail or {}
+        for case in chosen:
+            repro = reproduce_command(target, case.case_id, profile, fields, timeout, isolate)
+            res = run_case(executor, case, repro, fields, info.get("provides"))
+            _apply_xfail(res, xfail)
+            report.results.append(res)
+        if properties:
+            from .properties import run_properties
+
+            for res in run_properties(executor, target, properties, include, exclude, profile, fields,
+                                      info.get("provides"), xfail):
+                report.results.append(res)
+        if not report.results:
+            raise SetupError("no case matched the selection (--function, --profile, --include, --exclude)")
+        return report
+    finally:
+        executor.close()
+
+
+def _apply_xfail(res: CaseResult, xfail: dict[str, str]) -> None:
+    reason = next((r for p, r in xfail.items() if fnmatch.fnmatchcase(res.case_id, p)), None)
+    if reason is None:
+        return
+    res.status = "xpass" if res.status == "pass" else "xfail"
+    res.message = (res.message + f" [xfail: {reason}]").strip()
+
+
+# --- output -------------------------------------------------------------------------------
 
 
 def format_report(report: Report, verbose: bool = False) -> str:
@@ -259,27 +437,96 @@ def format_report(report: Report, verbose: bool = False) -> str:
         if r.status in ("fail", "error", "xpass") or verbose:
             lines.append(f"{r.status.upper():5} {r.case_id}  clauses {','.join(r.suspects or r.clauses)}")
             if r.message and r.status != "pass":
-                lines.append(f"      {r.message.strip().splitlines()[0]}")
+                body = r.message.strip().splitlines()
+                lines.append(f"      {body[0]}")
+                if verbose:
+                    lines.extend(f"      {line}" for line in body[1:])
+            if r.case is not None and r.status in ("fail", "error"):
+                lines.append(f"      config {json.dumps(r.case['config'])}")
+                lines.append(f"      inputs {json.dumps({k: v['data'] for k, v in r.case['inputs'].items()})}")
             if r.status in ("fail", "error"):
                 lines.append(f"      reproduce: {r.reproduce}")
     counts = report.counts()
-    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("pass", "fail", "error", "xfail", "xpass") if counts.get(k))
-    lines.append(f"{report.function} [{report.adapter}/{report.backend}/{report.device}] {report.impl}: "
-                 f"{summary or 'no cases'}")
+    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in STATUSES if counts.get(k))
+    lines.append(f"{report.function} [{report.adapter}/{report.backend}/{report.device}, profile {report.profile}] "
+                 f"{report.impl}: {summary or 'no cases'}")
+    missing = report.not_compared()
+    if missing:
+        why = "--fields" if report.fields is not None else f"the {report.adapter} adapter does not return them"
+        metric_keys = [m for m in missing if m.startswith("metrics.")]
+        shown = [m for m in missing if not m.startswith("metrics.")]
+        if metric_keys:
+            shown.append(f"{len(metric_keys)} metrics ({', '.join(k.split('.', 1)[1] for k in metric_keys[:4])}"
+                         f"{', ...' if len(metric_keys) > 4 else ''})")
+        lines.append(f"not compared: {', '.join(shown)} ({why})")
     if report.failing_clauses():
         lines.append("failing clauses: " + ", ".join(f"{c} ({n})" for c, n in report.failing_clauses().items()))
+    lines.append("CONFORMANT" if report.conformant else "NOT CONFORMANT")
     return "\n".join(lines)
-
-
-def write_report(report: Report, path, extra: dict | None = None) -> None:
-    payload = report.to_json() | (extra or {})
-    write_atomic(path, json.dumps(payload, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
 def _json_default(obj):
     if isinstance(obj, (np.integer,)):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
+    if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else str(v)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
     raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _clean(obj):
+    """Non-finite floats as strings (the report is strict JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_report(report: Report | None, path, extra: dict | None = None) -> None:
+    payload = (report.to_json() if report is not None else {"spec_version": SPEC_VERSION}) | (extra or {})
+    write_atomic(path, json.dumps(_clean(payload), indent=1, sort_keys=True, default=_json_default,
+                                  allow_nan=False) + "\n")
+
+
+def write_junit(report: Report | None, path, error: str | None = None) -> None:
+    """JUnit XML: one testcase per case (classname = the function), failures and errors with
+    their message, xfails as skipped."""
+    import xml.etree.ElementTree as ET
+
+    results = report.results if report is not None else []
+    counts = report.counts() if report is not None else {}
+    suite = ET.Element("testsuite", name=f"espo-ref conform {report.function if report else ''}".strip(),
+                       tests=str(len(results) + (error is not None)),
+                       failures=str(counts.get("fail", 0) + counts.get("xpass", 0)),
+                       errors=str(counts.get("error", 0) + (error is not None)),
+                       skipped=str(counts.get("xfail", 0)))
+    for r in results:
+        tc = ET.SubElement(suite, "testcase", classname=report.function, name=r.case_id)
+        if r.status in ("fail", "xpass"):
+            node = ET.SubElement(tc, "failure", message=r.message.splitlines()[0] if r.message else r.status)
+            node.text = f"{r.message}\nclauses: {', '.join(r.suspects)}\nreproduce: {r.reproduce}"
+        elif r.status == "error":
+            node = ET.SubElement(tc, "error", message=r.message.splitlines()[0])
+            node.text = r.message
+        elif r.status == "xfail":
+            ET.SubElement(tc, "skipped", message=r.message.splitlines()[0] if r.message else "xfail")
+    if error is not None:
+        tc = ET.SubElement(suite, "testcase", classname="espo-ref", name="setup")
+        ET.SubElement(tc, "error", message=error)
+    write_atomic(path, ET.tostring(suite, encoding="unicode") + "\n")
+
+
+def check_output_path(path, option: str) -> None:
+    """A report path must be a file in an existing folder (checked before the run)."""
+    p = Path(path)
+    if p.is_dir():
+        raise SetupError(f"{option} {path}: is a folder; give a file name")
+    if not p.parent.exists():
+        raise SetupError(f"{option} {path}: folder {p.parent} does not exist")
+    if not os.access(p.parent, os.W_OK):
+        raise SetupError(f"{option} {path}: folder {p.parent} is not writable")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ESPOConfig
-from ..errors import ESPOInputError
+from ..config import ESPOConfig, check_config
 from ._checks import as_real_tensor, coerce, compute_dtype, entropy_in_range, finite_on
 from ._segments import Segments
 from .grouping import check_groups, trained_tokens
@@ -37,8 +36,7 @@ def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True
     K_i the number of trained groups of response i. 0 on padding. float64 for float64
     entropy, else float32. The number of groups is read from ``groups`` (a host sync).
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     ent = as_real_tensor(entropy, "entropy", ndim=2)
     g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)

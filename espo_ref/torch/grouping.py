@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..config import ESPOConfig
+from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP, LOW_GROUP, PADDING
 from ..grouping import high_group_size as _numpy_high_group_size
@@ -185,8 +185,7 @@ def entropy_groups(entropy, mask, config: ESPOConfig, *, validate: bool = True) 
     response, 1 = the rest. Variants: batch_top_fraction [ESPO-GROUP-BATCH],
     entropy_ranges [ESPO-GROUP-RANGES], none [ESPO-GROUP-NONE], token [ESPO-GROUP-TOKEN].
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     ent, m = validate_entropy(entropy, mask, config, validate=validate)
     return _entropy_groups(ent, m, config)
 

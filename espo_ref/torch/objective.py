@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ESPOConfig
+from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
 from ..objective import CLAMP_REMEDY
@@ -187,8 +187,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     sync in the loss; inputs the core rejects then give unspecified values). ``metrics``
     are Python floats, fetched in one sync after the loss is built.
     """
-    if not isinstance(config, ESPOConfig):
-        raise ESPOInputError(f"config must be an ESPOConfig, got {type(config).__name__}")
+    check_config(config, ESPOConfig)
     lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
     check_shape(as_real_tensor(entropy, "entropy", ndim=2, device=lp.device), "entropy", tuple(lp.shape), "logp")
     ent, _ = validate_entropy(entropy, m, config, device=lp.device, validate=validate)
