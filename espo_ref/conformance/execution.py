@@ -209,7 +209,7 @@ def resolve(target: Target, fn: Callable | None = None):
         adapter_class = ADAPTERS[adapter]
     else:
         if adapter == "verl" or adapter.startswith("verl-"):
-            from . import verl as _verl  # noqa: F401 - registers the verl adapters
+            from . import verl_adapters  # noqa: F401 - registers the verl adapters
 
             adapter_class = ADAPTERS.get(adapter)
         else:
@@ -234,6 +234,7 @@ def resolve(target: Target, fn: Callable | None = None):
     provides = getattr(runner, "provides", None)
     info = {"function": function, "adapter": adapter, "backend": backend,
             "provides": list(provides) if provides is not None else None,
+            "known_differences": getattr(runner, "known_differences", None),
             "impl_version": impl_version(target.impl)}
     return runner, info
 

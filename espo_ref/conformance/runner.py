@@ -402,9 +402,11 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
                 raise SetupError(f"golden data: {exc}") from exc
         chosen = select(cases, target.function, include, exclude, profile)
         xfail = xfail or {}
+        known = read_xfail_file(info["known_differences"]) if info.get("known_differences") else {}
         for case in chosen:
             repro = reproduce_command(target, case.case_id, profile, fields, timeout, isolate)
             res = run_case(executor, case, repro, fields, info.get("provides"))
+            _apply_known(res, known, info["known_differences"])
             _apply_xfail(res, xfail)
             report.results.append(res)
         if properties:
@@ -418,6 +420,16 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
         return report
     finally:
         executor.close()
+
+
+def _apply_known(res: CaseResult, known: dict[str, str], source: str) -> None:
+    """A failure the adapter's peer is known for: name the [BASE-PEERS] row that explains it."""
+    if res.status not in ("fail", "error"):
+        return
+    reason = next((r for p, r in known.items() if fnmatch.fnmatchcase(res.case_id, p)), None)
+    if reason is not None:
+        res.message = f"known difference of {source}: {reason} -- {res.message}"
+        res.suspects = list(dict.fromkeys(["BASE-PEERS"] + res.suspects))
 
 
 def _apply_xfail(res: CaseResult, xfail: dict[str, str]) -> None:
