@@ -7,7 +7,7 @@ import sys
 
 
 def _conform(args: argparse.Namespace) -> int:
-    """Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass), 2 a usage
+    """[CONF-EXIT] Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass), 2 a usage
     or setup error (one line on stderr; -v adds the traceback). The JSON report is written in
     every case."""
     from .conformance.runner import (SetupError, check_output_path, format_report, read_xfail_file,
@@ -36,10 +36,16 @@ def _conform(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exc()
-        if args.report:
-            write_report(None, args.report, {"error": str(exc), "conformant": False, "counts": {}, "cases": []})
-        if args.junit:
-            write_junit(None, args.junit, error=str(exc))
+        for option, write in (("report", lambda path: write_report(
+                None, path, {"error": str(exc), "conformant": False, "counts": {}, "cases": []})),
+                              ("junit", lambda path: write_junit(None, path, error=str(exc)))):
+            path = getattr(args, option)
+            try:
+                if path:
+                    check_output_path(path, f"--{option}")
+                    write(path)
+            except (SetupError, OSError):
+                pass  # the error above already says what is wrong with this path
         return 2
     print(format_report(report, verbose=args.verbose))
     if args.report:

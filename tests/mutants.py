@@ -76,6 +76,42 @@ def _grad_through_stop_gradient(logp, old_logp, entropy, mask, advantages, confi
     return type(result)(**{**result.__dict__, "grad": grad})
 
 
+def _clipped_surrogate_ge(ratio, adv, eps_low, eps_high, trained):
+    """'>=' in the clip mask: a token exactly on the boundary counts as clipped."""
+    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
+    clipped_high = trained & (adv > 0) & (ratio >= 1.0 + eps_high)
+    clipped_low = trained & (adv < 0) & (ratio <= 1.0 - eps_low)
+    return np.where(trained, surrogate, 0.0), clipped_high, clipped_low
+
+
+def _validate_entropy_unclamped(entropy, mask, config, name="entropy"):
+    """The range check without the clamp of slightly negative entropies to 0."""
+    from espo_ref._checks import as_mask, as_real_array, entropy_in_range, finite_on
+
+    ent = as_real_array(entropy, name, ndim=2)
+    m = as_mask(mask, "mask", ent.shape)
+    ent = finite_on(ent, m, name)
+    entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
+    return ent, m
+
+
+def _clip_bounds_unclamped(entropy, groups, config):
+    seg = Segments(groups, groups >= 0)
+    eps = config.alpha / config.log_vocab * seg.to_tokens(seg.means(np.where(groups >= 0, entropy, 0.0)))
+    return eps, eps
+
+
+def _no_entropy_clamp(logp, old_logp, entropy, mask, advantages, config):
+    with patched(objective, "validate_entropy", _validate_entropy_unclamped), \
+            patched(objective, "clip_bounds", _clip_bounds_unclamped):
+        return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+
+
+def _validate_entropy_without_band(entropy, mask, config, name="entropy"):
+    """Rejects any entropy outside [0, log V]: no tolerance band."""
+    return grouping.validate_entropy(entropy, mask, config.replace(entropy_tolerance=0.0), name)
+
+
 def _advantages_without_bessel(rewards, prompt_ids, valid=None, ddof=1, eps=1e-6):
     return espo_ref.grpo_advantages(rewards, prompt_ids, valid, ddof=0, eps=eps)
 
@@ -91,4 +127,13 @@ MUTANTS: dict[str, tuple[str, Callable, str]] = {
     "token-mean-aggregation": ("espo_loss", _with_patch(objective, "aggregation_weights", _token_mean_weights), "ESPO-AGG"),
     "no-clamp": ("espo_loss", _with_config(log_ratio_clamp=None), "ESPO-RATIO-CLAMP"),
     "grad-through-stop-gradient": ("espo_loss", _grad_through_stop_gradient, "ESPO-RATIO-TOKEN"),
+    "clip-mask-ge": ("espo_loss", _with_patch(objective, "clipped_surrogate", _clipped_surrogate_ge), "ESPO-CLIPMASK"),
+    "no-entropy-clamp": ("espo_loss", _no_entropy_clamp, "ESPO-ENT-DOMAIN"),
+    "no-entropy-band": ("espo_loss", _with_patch(objective, "validate_entropy", _validate_entropy_without_band),
+                        "ESPO-ENT-DOMAIN"),
 }
+
+# The wrong variants of a default-only implementation that --profile core must catch, and the
+# misreading the runner must name for each.
+CORE_MUTANTS = {"clip-mask-ge": "clip-mask-ge", "no-entropy-clamp": "no-entropy-clamp",
+                "no-entropy-band": "no-entropy-band"}

@@ -142,7 +142,7 @@ class _LossOnlyAdapter:
 
 
 def test_adapter_named_by_module_path(capsys):
-    """--adapter package.module:Class loads an adapter the package does not know; one that
+    """[CONF-ADAPTERS] --adapter package.module:Class loads an adapter the package does not know; one that
     returns the loss only fails every value case unless the check is narrowed by --fields."""
     args = ["conform", "--impl", "espo_ref:espo_loss", "--adapter", "test_conformance:_LossOnlyAdapter"]
     assert cli_main(args) == 1

@@ -12,3 +12,12 @@ def test_readme_example_runs(capsys):
     for code in blocks:
         exec(compile(code, str(README), "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_readme_counts_match_the_golden_cases():
+    from espo_ref.conformance.golden import load
+
+    cases = load()
+    handworked = sum(c.source.startswith("handworked") for c in cases)
+    text = README.read_text()
+    assert f"**Cases**: {len(cases)} in" in text and f"{handworked} from the tables" in text

@@ -1,4 +1,4 @@
-"""The conformance runner against the real verl 0.9.1 (not a look-alike), in its own environment.
+"""[CONF-PEERS] The conformance runner against the real verl 0.9.1 (not a look-alike), in its own environment.
 
 verl 0.9.1 pins transformers < 5.11, so it lives in a separate virtual environment built by
 ``bash tests/peers/setup_verl.sh`` (found at .venv-verl or $ESPO_VERL_PYTHON). Without it

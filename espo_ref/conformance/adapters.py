@@ -110,7 +110,7 @@ class implementation_code:
 
 
 class Adapter:
-    """Calls ``impl`` on a case; ``backend`` is "numpy" or "torch", ``device`` a torch device."""
+    """[CONF-ADAPTERS] Calls ``impl`` on a case; ``backend`` is "numpy" or "torch", ``device`` a torch device."""
 
     name = "base"
     provides: tuple[str, ...] | None = None  # None: every field of the case
@@ -201,7 +201,7 @@ def _result_fields(result, outputs: dict) -> dict:
 
 @register("native")
 class NativeAdapter(Adapter):
-    """Our own signature: ``fn(*inputs, config)`` returning a LossResult-like object (losses)
+    """[CONF-CALL] Our own signature: ``fn(*inputs, config)`` returning a LossResult-like object (losses)
     or the output array (components). With ``backend="torch"`` the gradient is autograd's;
     every field of the case is compared."""
 

@@ -317,7 +317,7 @@ def _child_env() -> dict[str, str]:
 
 
 class WorkerExecutor:
-    """Calls the implementation in a worker process, at most ``timeout`` seconds per case."""
+    """[CONF-ISOLATION] Calls the implementation in a worker process, at most ``timeout`` seconds per case."""
 
     isolated = True
     SETUP_TIMEOUT = 600.0  # importing torch and a user's package can take a while

@@ -1,4 +1,4 @@
-"""Golden vectors: the generated and hand-worked cases, their files and their manifest.
+"""[CONF-CASES] Golden vectors: the generated and hand-worked cases, their files and their manifest.
 
 Generated cases come from fixed seeds; their expected outputs are the numpy reference's,
 and the test suite checks every one of them against an independent loop-based oracle.

@@ -1,4 +1,4 @@
-"""Known misreadings of the spec: named readings of the reference that diagnose a failure.
+"""[CONF-MISREADINGS] Known misreadings of the spec: named readings of the reference that diagnose a failure.
 
 Each misreading is one plausible wrong reading of a pinned clause (specs/conformance.md,
 "Misreadings", lists them). When a case fails, the runner evaluates every misreading that

@@ -171,7 +171,7 @@ def _matches(case_id: str, clauses, patterns) -> bool:
 
 
 def in_profile(requires: list[str], profile: str) -> bool:
-    """core: the cases of the default options only; full: every case."""
+    """[CONF-LEVELS] core: the cases of the default options only; full: every case."""
     if profile not in PROFILES:
         raise SetupError(f"--profile must be one of {', '.join(PROFILES)}; got {profile!r}")
     return profile == "full" or not requires
@@ -220,7 +220,7 @@ def compare_field(case: GoldenCase, name: str, value, want) -> dict:
 
 
 def required_fields(case: GoldenCase, provides, fields) -> tuple[list[str], list[str]]:
-    """(required, not compared) output names of a value case.
+    """[CONF-COMPARE] (required, not compared) output names of a value case.
 
     Required: for a loss, ``loss`` and ``grad`` plus every expected field the adapter provides
     (all of them when ``provides`` is None); for a component, its output. ``fields`` (the
@@ -250,7 +250,7 @@ def _format_failures(result: CaseResult, failed: list[str]) -> str:
 
 
 def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=None) -> CaseResult:
-    """Run one case; the status is pass, fail (the implementation's fault) or error (the
+    """[CONF-ERRORS] Run one case; the status is pass, fail (the implementation's fault) or error (the
     harness's, or a timeout / exit / crash of the implementation)."""
     result = CaseResult(case.case_id, case.clauses, "pass", reproduce=reproduce)
     outcome = executor.run(case)

@@ -1,4 +1,4 @@
-"""Adapters for verl's own functions (checked against verl 0.9.1; specs/baselines.md
+"""[CONF-PEERS] Adapters for verl's own functions (checked against verl 0.9.1; specs/baselines.md
 [BASE-PEERS] explains every difference, and ``xfail/verl-0.9.1.txt`` lists the cases it makes
 fail).
 

@@ -1,0 +1,76 @@
+"""Implementations that must never pass the conformance runner (harness mutation tests)."""
+
+import dataclasses
+import os
+import sys
+import time
+import types
+
+import numpy as np
+
+import espo_ref
+
+
+def raises_unrelated(*args):
+    raise RuntimeError("nope")
+
+
+def returns_none(*args):
+    return None
+
+
+def loss_only(*args):
+    """A correct loss, without the gradient: no case may pass on the loss alone."""
+    return types.SimpleNamespace(loss=espo_ref.espo_loss(*args).loss)
+
+
+def returns_nan(*args):
+    return dataclasses.replace(espo_ref.espo_loss(*args), loss=float("nan"))
+
+
+def exits(*args):
+    sys.exit(0)
+
+
+def hard_exit(*args):
+    os._exit(0)
+
+
+def hangs(*args):
+    time.sleep(3600)
+
+
+def wrong_shape(*args):
+    out = espo_ref.espo_loss(*args)
+    return dataclasses.replace(out, grad=out.grad[:, :-1])
+
+
+def ignores_config_checks(logp, old_logp, entropy, mask, advantages, config):
+    """Uses only vocab_size: an invalid top_fraction is silently replaced by the default."""
+    return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages,
+                              espo_ref.ESPOConfig(vocab_size=config.vocab_size))
+
+
+def prints_to_stdout(*args):
+    print("debug output of the implementation")
+    return espo_ref.espo_loss(*args)
+
+
+def raises_without_argument_name(logp, old_logp, entropy, mask, advantages, config):
+    """Validates, but with a message that names nothing."""
+    try:
+        return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+    except ValueError:
+        raise ValueError("bad input") from None
+
+
+class AdapterThatCrashes:
+    """An adapter with a bug of its own: its exceptions are harness errors, never passes."""
+
+    provides = None
+
+    def __init__(self, impl, function, backend, device):
+        self.impl = impl
+
+    def run(self, case):
+        return {"loss": np.asarray(case.expected)["loss"]}
