@@ -203,6 +203,8 @@ ESPO_VARIANTS: list[tuple[str, dict, list[str]]] = [
     ("fixed-token", {"clip": "fixed", "eps_low": 0.2, "eps_high": 0.28}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP-FIXED", "ESPO-RATIO-TOKEN"]),
     ("token-fixed", {"grouping": "token", "clip": "fixed", "eps_low": 0.2, "eps_high": 0.2}, ["ESPO-GROUP-TOKEN", "ESPO-CLIP-FIXED", "ESPO-RATIO-TOKEN"]),
     ("no-clamp", {"log_ratio_clamp": None}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN", "ESPO-RATIO-CLAMP"]),
+    # L = 50 with rho = 0.3: float64 0.3 * 50 is 15 but float32 0.3 * 50 is above 15 (a torch ceil gives 16)
+    ("top30-long", {"top_fraction": 0.3}, ["ESPO-GROUP-TOPFRAC", "ESPO-CLIP", "ESPO-RATIO-TOKEN"]),
 ]
 COMMON_ESPO_CLAUSES = ["ESPO-RATIO", "ESPO-OBJ", "ESPO-AGG", "ESPO-CLIPMASK", "ESPO-METRICS"]
 

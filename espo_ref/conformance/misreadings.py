@@ -34,7 +34,8 @@ class Misreading:
     summary: str
     functions: tuple[str, ...]
     evaluate: Callable[[GoldenCase], dict | None]  # outputs under the misreading; None: not applicable
-    explains_error: Callable[[GoldenCase, Any], bool] | None = None
+    explains_error: Callable[[GoldenCase, Any], bool] | None = None  # (case, raised outcome)
+    explains_output: Callable[[GoldenCase, dict], bool] | None = None  # (case, outputs): a symptom
 
     def to_json(self) -> dict:
         return {"name": self.name, "clause": self.clause, "summary": self.summary}
@@ -43,7 +44,7 @@ class Misreading:
 # --- ESPO: one switchable form of Eq. 5 ---------------------------------------------------
 
 DEFAULT_READING = dict(n_high="exact", ties="earlier", threshold="rank", entropy_unit="nats",
-                       eps_scope="group", ratio_form=None, grad="token", agg="espo", clamp=True,
+                       eps_scope="group", ratio_form=None, grad="token", agg="espo", clamp=True, clamp_rule="gt",
                        clip_mask="strict", entropy_clamp=True)
 
 
@@ -51,8 +52,11 @@ def _n_high(lengths: np.ndarray, rho: float, rule: str) -> np.ndarray:
     if rule == "exact":
         return espo_ref.high_group_size(lengths.astype(np.int64), rho)
     exact = Fraction(repr(float(rho)))
-    product = {"floor": np.floor(lengths * float(exact)), "round": np.round(lengths * float(exact)),
-               "float-ceil": np.ceil(lengths * float(rho))}[rule]
+    if rule == "float32-ceil":  # torch's default dtype: float32(rho) * L in float32
+        product = np.ceil(np.float32(rho) * lengths.astype(np.float32))
+    else:
+        product = {"floor": np.floor(lengths * float(exact)), "round": np.round(lengths * float(exact)),
+                   "float-ceil": np.ceil(lengths * float(rho))}[rule]
     return np.minimum(np.maximum(product.astype(np.int64), 1), lengths)
 
 
@@ -150,7 +154,10 @@ def espo_reading(case: GoldenCase, **switches) -> dict | None:
     form = r["ratio_form"] or cfg.ratio_form
     log_value = np.where(m, log_s + (log_r if form == "literal" else 0.0), 0.0)
     clamp = cfg.log_ratio_clamp if r["clamp"] else None
-    clamped = m & (log_value > clamp) if clamp is not None else np.zeros_like(m)
+    if clamp is None:
+        clamped = np.zeros_like(m)
+    else:
+        clamped = m & ((log_value > clamp) if r["clamp_rule"] == "gt" else (log_value >= clamp))
     if clamp is not None:
         log_value = np.minimum(log_value, clamp)
     with np.errstate(over="ignore"):
@@ -310,6 +317,25 @@ def _rejects_entropy_band(case: GoldenCase, outcome) -> bool:
     return bool(in_band) and "entropy" in outcome.message
 
 
+def _padding_leaked(case: GoldenCase, got: dict) -> bool:
+    """Non-finite outputs where the reference is finite, on a case whose padding is not finite."""
+    if "mask" not in case.inputs:
+        return False
+    pad = ~np.asarray(case.inputs["mask"]).astype(bool)
+    dirty = any(np.asarray(v).shape == pad.shape and not np.all(np.isfinite(np.asarray(v, dtype=np.float64)[pad]))
+                for v in case.inputs.values() if np.asarray(v).dtype.kind == "f")
+    if not dirty:
+        return False
+    for name, value in got.items():
+        want = case.expected.get(name)
+        if name == "metrics" or want is None or isinstance(want, (str, dict)):
+            continue
+        v, w = np.asarray(value, dtype=np.float64), np.asarray(want, dtype=np.float64)
+        if v.shape == w.shape and np.any(~np.isfinite(v) & np.isfinite(w)):
+            return True
+    return False
+
+
 _ESPO_FUNCS = ("espo_loss",)
 _GROUP_FUNCS = ("espo_loss", "entropy_groups")
 _BASE_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss")
@@ -319,6 +345,9 @@ MISREADINGS: tuple[Misreading, ...] = (
                _GROUP_FUNCS + ("high_group_size",), _n_high_reading("floor")),
     Misreading("n-high-round", "ESPO-GROUP-TOPFRAC", "n_high = round(rho L) instead of ceil",
                _GROUP_FUNCS + ("high_group_size",), _n_high_reading("round")),
+    Misreading("n-high-float32-ceil", "ESPO-GROUP-TOPFRAC",
+               "n_high = ceil(rho * L) in float32, torch's default (0.3 * 50 gives 16, not 15)",
+               _GROUP_FUNCS + ("high_group_size",), _n_high_reading("float32-ceil")),
     Misreading("n-high-float-ceil", "ESPO-GROUP-TOPFRAC",
                "n_high = ceil(rho * L) in floating point (0.28 * 25 = 7.000000000000001 gives 8)",
                _GROUP_FUNCS + ("high_group_size",), _n_high_reading("float-ceil")),
@@ -356,6 +385,9 @@ MISREADINGS: tuple[Misreading, ...] = (
                _ESPO_FUNCS, _espo(agg="count-empty")),
     Misreading("no-clamp", "ESPO-RATIO-CLAMP", "no clamp of the log-ratio at log_ratio_clamp",
                _ESPO_FUNCS, _espo(clamp=False)),
+    Misreading("clamp-ge", "ESPO-RATIO-CLAMP",
+               "a log value exactly at log_ratio_clamp counts as clamped and loses its gradient",
+               _ESPO_FUNCS, _espo(clamp_rule="ge")),
     Misreading("gradient-through-clamp", "ESPO-RATIO-CLAMP", "a clamped token keeps its gradient",
                _ESPO_FUNCS, _espo(grad="through-clamp")),
     Misreading("clip-mask-ge", "ESPO-CLIPMASK", "'>=' in the clip mask: tokens on the boundary lose their gradient",
@@ -366,6 +398,11 @@ MISREADINGS: tuple[Misreading, ...] = (
     Misreading("no-entropy-band", "ESPO-ENT-DOMAIN",
                "an entropy inside the tolerance band outside [0, log V] rejected instead of accepted",
                ("espo_loss", "entropy_groups", "group_clip_eps"), lambda case: None, _rejects_entropy_band),
+    Misreading("padding-leak", "ESPO-INPUT",
+               "NaN or inf where the reference is finite: padding positions (mask 0) reached the arithmetic "
+               "(multiply by the mask after a NaN is too late; select with where first)",
+               ("espo_loss", "grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss", "entropy_groups",
+                "group_clip_eps", "group_log_ratio"), lambda case: None, explains_output=_padding_leaked),
     Misreading("population-std", "ESPO-ADV", "the standard deviation without Bessel's correction (ddof=0)",
                ("grpo_advantages",), _advantage_reading(ddof=0)),
     Misreading("bessel-std", "ESPO-ADV", "Bessel's correction (ddof=1) where the case asks for ddof=0",
@@ -400,6 +437,10 @@ def diagnose(case: GoldenCase, got: dict | None, compared: list[str], raised=Non
             continue
         if got is None:
             if raised is not None and m.explains_error is not None and m.explains_error(case, raised):
+                found.append(m)
+            continue
+        if m.explains_output is not None:
+            if m.explains_output(case, {k: v for k, v in got.items() if k in compared}):
                 found.append(m)
             continue
         try:

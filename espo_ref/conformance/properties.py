@@ -111,10 +111,20 @@ def run_properties(executor, target, examples: int, include=(), exclude=(), prof
             failures[:] = [result]
             raise AssertionError(result.message)
 
-    try:
-        check()
-    except AssertionError:
-        pass
+    import tempfile
+
+    import hypothesis.configuration as hypothesis_configuration
+
+    # hypothesis caches under ./.hypothesis; a validation run leaves nothing in the user's folder
+    previous = getattr(hypothesis_configuration, "__hypothesis_home_directory", None)
+    with tempfile.TemporaryDirectory(prefix="espo-ref-hypothesis-") as home:
+        hypothesis_configuration.set_hypothesis_home_dir(home)
+        try:
+            check()
+        except AssertionError:
+            pass
+        finally:
+            hypothesis_configuration.set_hypothesis_home_dir(previous)
     if failures:
         return failures
     note = f"{examples} hypothesis cases over {len(kept)} variants passed"

@@ -34,7 +34,7 @@ from .golden import GoldenCase, load
 
 PROFILES = ("core", "full")
 XFAIL_DIR = Path(__file__).resolve().parent / "xfail"
-STATUSES = ("pass", "fail", "error", "xfail", "xpass")
+STATUSES = ("pass", "fail", "unsupported", "error", "xfail", "xpass")
 
 __all__ = ["run_conformance", "format_report", "write_report", "write_junit", "read_xfail_file", "select",
            "load_impl", "detect_backend", "SetupError", "Report", "CaseResult", "PROFILES"]
@@ -49,8 +49,9 @@ def load_impl(spec: str) -> Callable:
 class CaseResult:
     case_id: str
     clauses: list[str]
-    status: str  # "pass", "fail", "xfail", "xpass", "error"
+    status: str  # "pass", "fail", "unsupported", "xfail", "xpass", "error"
     fields: dict[str, dict] = field(default_factory=dict)
+    requires: list[str] = field(default_factory=list)
     suspects: list[str] = field(default_factory=list)
     message: str = ""
     reproduce: str = ""
@@ -79,7 +80,7 @@ class Report:
 
     @property
     def unexpected(self) -> list[CaseResult]:
-        return [r for r in self.results if r.status in ("fail", "error", "xpass")]
+        return [r for r in self.results if r.status in ("fail", "unsupported", "error", "xpass")]
 
     @property
     def conformant(self) -> bool:
@@ -99,6 +100,15 @@ class Report:
                 for c in r.suspects:
                     out[c] = out.get(c, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def unsupported_options(self) -> dict[str, int]:
+        """Options whose cases the implementation declined (NotImplementedError)."""
+        out: dict[str, int] = {}
+        for r in self.results:
+            if r.status == "unsupported":
+                for option in r.requires:
+                    out[option] = out.get(option, 0) + 1
+        return out
 
     def not_compared(self) -> list[str]:
         """Expected outputs that were never compared in any case (narrowed or not returned)."""
@@ -125,6 +135,7 @@ class Report:
             "error": self.error,
             "counts": self.counts(),
             "failing_clauses": self.failing_clauses(),
+            "unsupported_options": self.unsupported_options(),
             "not_compared": self.not_compared(),
             "cases": [r.to_json() for r in self.results],
         }
@@ -214,7 +225,9 @@ def compare_field(case: GoldenCase, name: str, value, want) -> dict:
         rep = {"ok": not bad.any(), "bad": int(bad.sum()), "n": int(bad.size)}
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            rep["first_bad"] = {"index": list(idx), "got": float(got_arr[idx]), "want": int(want_arr[idx])}
+            g = got_arr[idx]
+            rep["first_bad"] = {"index": list(idx), "got": int(g) if np.isfinite(g) else float(g),
+                                "want": int(want_arr[idx])}
         return rep
     return compare(got_arr, want_arr, _tol(case, "grad" if name == "grad" else "value"))
 
@@ -244,16 +257,24 @@ def _format_failures(result: CaseResult, failed: list[str]) -> str:
         if "reason" in rep:
             parts.append(f"{name}: {rep['reason']}")
             continue
-        parts.append(f"{name}: {rep.get('bad')} of {rep.get('n')} bad, max abs {rep.get('max_abs', 'n/a')}, "
-                     f"max rel {rep.get('max_rel', 'n/a')}, first {rep.get('first_bad')}")
+        if "max_abs" not in rep:  # integer or boolean output: compared exactly
+            parts.append(f"{name}: {rep.get('bad')} of {rep.get('n')} differ, first {rep.get('first_bad')}")
+            continue
+        parts.append(f"{name}: {rep.get('bad')} of {rep.get('n')} bad, max abs {rep['max_abs']:.3g}, "
+                     f"max rel {rep['max_rel']:.3g}, first {rep.get('first_bad')}")
     return "; ".join(parts)
 
 
 def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=None) -> CaseResult:
     """[CONF-ERRORS] Run one case; the status is pass, fail (the implementation's fault) or error (the
     harness's, or a timeout / exit / crash of the implementation)."""
-    result = CaseResult(case.case_id, case.clauses, "pass", reproduce=reproduce)
+    result = CaseResult(case.case_id, case.clauses, "pass", reproduce=reproduce, requires=list(case.requires))
     outcome = executor.run(case)
+    if outcome.kind == "raised" and outcome.error_type == "NotImplementedError" and case.requires:
+        # an option the implementation does not offer: reported, not blamed on a clause
+        result.status = "unsupported"
+        result.message = f"unsupported option ({', '.join(case.requires)}): NotImplementedError: {outcome.message}"
+        return result
     word = case.expected.get("error")
     if outcome.kind in ("harness", "timeout", "died", "exited"):
         result.status = "error"
@@ -446,8 +467,11 @@ def _apply_xfail(res: CaseResult, xfail: dict[str, str]) -> None:
 def format_report(report: Report, verbose: bool = False) -> str:
     lines = []
     for r in report.results:
+        if r.status == "unsupported" and not verbose:
+            continue  # summarised by option below
         if r.status in ("fail", "error", "xpass") or verbose:
-            lines.append(f"{r.status.upper():5} {r.case_id}  clauses {','.join(r.suspects or r.clauses)}")
+            needs = f"  requires {','.join(r.requires)}" if r.requires else ""
+            lines.append(f"{r.status.upper():5} {r.case_id}  clauses {','.join(r.suspects or r.clauses)}{needs}")
             if r.message and r.status != "pass":
                 body = r.message.strip().splitlines()
                 lines.append(f"      {body[0]}")
@@ -471,6 +495,10 @@ def format_report(report: Report, verbose: bool = False) -> str:
             shown.append(f"{len(metric_keys)} metrics ({', '.join(k.split('.', 1)[1] for k in metric_keys[:4])}"
                          f"{', ...' if len(metric_keys) > 4 else ''})")
         lines.append(f"not compared: {', '.join(shown)} ({why})")
+    if report.unsupported_options():
+        lines.append("unsupported options (NotImplementedError): " + ", ".join(
+            f"{o} ({n})" for o, n in report.unsupported_options().items())
+            + "; --profile core selects the cases of the default options")
     if report.failing_clauses():
         lines.append("failing clauses: " + ", ".join(f"{c} ({n})" for c, n in report.failing_clauses().items()))
     lines.append("CONFORMANT" if report.conformant else "NOT CONFORMANT")
@@ -514,12 +542,12 @@ def write_junit(report: Report | None, path, error: str | None = None) -> None:
     counts = report.counts() if report is not None else {}
     suite = ET.Element("testsuite", name=f"espo-ref conform {report.function if report else ''}".strip(),
                        tests=str(len(results) + (error is not None)),
-                       failures=str(counts.get("fail", 0) + counts.get("xpass", 0)),
+                       failures=str(counts.get("fail", 0) + counts.get("xpass", 0) + counts.get("unsupported", 0)),
                        errors=str(counts.get("error", 0) + (error is not None)),
                        skipped=str(counts.get("xfail", 0)))
     for r in results:
         tc = ET.SubElement(suite, "testcase", classname=report.function, name=r.case_id)
-        if r.status in ("fail", "xpass"):
+        if r.status in ("fail", "xpass", "unsupported"):
             node = ET.SubElement(tc, "failure", message=r.message.splitlines()[0] if r.message else r.status)
             node.text = f"{r.message}\nclauses: {', '.join(r.suspects)}\nreproduce: {r.reproduce}"
         elif r.status == "error":
