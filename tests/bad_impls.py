@@ -74,3 +74,29 @@ class AdapterThatCrashes:
 
     def run(self, case):
         return {"loss": np.asarray(case.expected)["loss"]}
+
+
+def _grpo(logp, old_logp, mask, advantages, config, stop_gradient: bool):
+    """Token-level GRPO (seq-mean-token-mean, clamp +-20), written from specs/baselines.md."""
+    import torch
+
+    dtype = torch.float64 if logp.dtype == torch.float64 else torch.float32
+    old = old_logp.detach() if stop_gradient else old_logp
+    adv = advantages.detach() if stop_gradient else advantages
+    lp = torch.where(mask, logp.to(dtype), 0.0)
+    log_r = (lp - torch.where(mask, old.to(dtype), 0.0)).clamp(-20.0, 20.0)
+    r = torch.exp(log_r)
+    a = (adv if adv.dim() == 2 else adv[:, None]).to(dtype)
+    pg = torch.maximum(-a * r, -a * r.clamp(1 - config.eps_low, 1 + config.eps_high))
+    pg = torch.where(mask, pg, 0.0)
+    rows = mask.any(dim=1)
+    return (pg.sum(dim=1)[rows] / mask.sum(dim=1)[rows]).mean()
+
+
+def grpo_with_stop_gradient(logp, old_logp, mask, advantages, config):
+    return _grpo(logp, old_logp, mask, advantages, config, True)
+
+
+def grpo_without_stop_gradient(logp, old_logp, mask, advantages, config):
+    """Lets gradient flow into old_logp and the advantages: wrong whenever they are attached."""
+    return _grpo(logp, old_logp, mask, advantages, config, False)

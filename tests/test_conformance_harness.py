@@ -347,3 +347,13 @@ def test_CONF_MISREADINGS_padding_leak_is_named():
     report = run_conformance(leaky, function="espo_loss", include=["handworked/HW-018"])
     assert report.results[0].status == "fail"
     assert [d["name"] for d in report.results[0].diagnoses] == ["padding-leak"]
+
+
+def test_CONF_CALL_constants_arrive_attached_so_a_missing_stop_gradient_fails(capsys):
+    """[ESPO-OBJ] old_logp and the advantages are constants: a torch loss must stop their
+    gradient itself (old = current on a first update is common)."""
+    args = ["--function", "grpo_loss", "--adapter", "torch-loss", "--include", "grpo_loss/default/*"]
+    code, out = conform("--impl", "bad_impls:grpo_with_stop_gradient", *args, capsys=capsys)
+    assert code == 0, out.out[-2000:]
+    code, out = conform("--impl", "bad_impls:grpo_without_stop_gradient", *args, capsys=capsys)
+    assert code == 1 and "grad:" in out.out

@@ -131,8 +131,16 @@ class Adapter:
         values is the implementation's job (the config-error cases test it)."""
         return self.function.raw_config(case.config)
 
-    def tensors(self, case: GoldenCase) -> dict[str, Any]:
-        """The case's inputs as torch tensors of the case dtype; logp requires grad."""
+    # Inputs the spec makes constants ([ESPO-OBJ]: no gradient flows into them).
+    CONSTANTS = ("old_logp", "advantages", "entropy")
+
+    def tensors(self, case: GoldenCase, attach_constants: bool = True) -> dict[str, Any]:
+        """The case's inputs as torch tensors of the case dtype; logp requires grad.
+
+        With ``attach_constants`` the constants (old_logp, advantages, entropy) arrive attached
+        to logp's graph, with unchanged values (x + (logp - logp.detach()), an exact zero): a
+        loss that does not stop their gradient gets a wrong gradient, as it would in a trainer
+        whose old policy is the current one on the first update."""
         import torch
 
         dtypes = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -145,6 +153,11 @@ class Adapter:
             else:
                 t = torch.from_numpy(np.array(value)).to(self.device)
             out[name] = t
+        if attach_constants and "logp" in out:
+            zero = torch.nan_to_num(out["logp"] - out["logp"].detach(), nan=0.0, posinf=0.0, neginf=0.0)
+            for name in self.CONSTANTS:
+                if name in out:
+                    out[name] = out[name] + (zero if out[name].dim() == 2 else zero.sum(dim=-1))
         return out
 
     def arrays(self, case: GoldenCase) -> dict[str, np.ndarray]:

@@ -78,7 +78,7 @@ class VerlAdapter(Adapter):
     def run(self, case: GoldenCase) -> dict[str, Any]:
         import torch
 
-        t = self.tensors(case)
+        t = self.tensors(case, attach_constants=False)  # verl's callers pass old_log_prob without grad
         mask = t["mask"].to(torch.bool)
         adv = t["advantages"]
         if adv.dim() == 1:
