@@ -98,3 +98,24 @@ def token_inputs(logp, old_logp, mask, names=("logp", "old_logp")):
     check_shape(olp, names[1], lp.shape, names[0])
     m = as_mask(mask, "mask", lp.shape)
     return finite_on(lp, m, names[0]), finite_on(olp, m, names[1]), m
+
+
+def log_ratio(lp: np.ndarray, olp: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """log r = logp - old_logp on the response tokens (0 on padding) [ESPO-RATIO]; a difference
+    of finite values that leaves the float64 range is an error naming both arguments."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        log_r = np.where(mask, lp - olp, 0.0)
+    bad = ~np.isfinite(log_r)
+    if bad.any():
+        idx = _first_index(bad)
+        raise ESPOInputError(
+            f"logp - old_logp overflows float64 at response position {list(idx)} "
+            f"(logp {lp[idx]!r}, old_logp {olp[idx]!r})"
+        )
+    return log_r
+
+
+def loss_overflow(what: str, dtype: str = "float64") -> ESPOInputError:
+    """[ESPO-INPUT] [BASE-INPUT] The error for a loss (or its gradient) that leaves the float
+    range although every input is finite: ``what`` names the argument and its size."""
+    return ESPOInputError(f"the loss overflows {dtype}: {what}; scale the advantages down")

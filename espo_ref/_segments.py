@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._stable import in_range, scaled_sum
+
 
 class Segments:
     """Flat segment ids of the included tokens of a [B, T] group-id array."""
@@ -26,8 +28,18 @@ class Segments:
         return np.bincount(self.flat, weights=values[self.include], minlength=self.counts.size)
 
     def means(self, values: np.ndarray) -> np.ndarray:
-        """Per-segment means (0 for empty segments)."""
-        return self.sums(values) / np.maximum(self.counts, 1)
+        """Per-segment means (0 for empty segments). A segment whose sum leaves the float range
+        (finite values of huge magnitude) is averaged as the sum of value / count instead."""
+        size = np.maximum(self.counts, 1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            means = self.sums(values) / size
+        overflow = ~np.isfinite(means)
+        if overflow.any():
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = np.bincount(self.flat, weights=scaled_sum(values[self.include], size[self.flat]),
+                                     minlength=self.counts.size)
+            means = np.where(overflow, in_range(scaled), means)
+        return means
 
     def to_tokens(self, per_segment: np.ndarray) -> np.ndarray:
         """Broadcast a per-segment array back to the tokens (0 outside ``include``)."""

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ._checks import as_mask, as_real_array
+from .config import is_real_number
 from .errors import ESPOInputError
 
 
@@ -15,7 +16,9 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
 
     G = the responses of the same prompt with ``valid`` True; mu, sigma their mean and std
     (``ddof=1``: Bessel's correction). Invalid responses get 0; a prompt with fewer than
-    two valid responses gives 0 to all of its responses. Returns float64 [B].
+    two valid responses gives 0 to all of its responses. Returns float64 [B]. Each prompt is
+    computed on its rewards scaled by a power of two (exact), so finite rewards of any
+    magnitude give finite advantages.
     """
     r = as_real_array(rewards, "rewards", ndim=1)
     B = r.shape[0]
@@ -25,9 +28,9 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     if ids.dtype == object or ids.dtype.kind not in "iuUS":
         raise ESPOInputError(f"prompt_ids must be integers or strings, got dtype {ids.dtype}")
     v = np.ones(B, dtype=bool) if valid is None else as_mask(valid, "valid", (B,))
-    if isinstance(ddof, bool) or ddof not in (0, 1):
+    if isinstance(ddof, (bool, np.bool_)) or ddof not in (0, 1):
         raise ESPOInputError(f"ddof must be 0 or 1, got {ddof!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+    if not is_real_number(eps) or not (math.isfinite(eps) and eps >= 0):
         raise ESPOInputError(f"eps must be a finite number >= 0, got {eps!r}")
     bad = v & ~np.isfinite(r)
     if bad.any():
@@ -37,6 +40,16 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     _, prompt = np.unique(ids, return_inverse=True)
     prompt = prompt.reshape(-1)
     n = np.bincount(prompt, weights=v.astype(np.float64))
+    # Each prompt's rewards and eps are scaled by the power of two 2**-e with e the exponent of
+    # its largest |reward|: exact (power-of-two scaling commutes with every operation below), the
+    # advantage is scale-free, and the squares of huge or tiny rewards neither overflow nor
+    # underflow.
+    largest = np.zeros(n.shape)
+    np.maximum.at(largest, prompt[v], np.abs(r[v]))
+    exponent = np.frexp(largest)[1]
+    r = np.ldexp(r, -exponent[prompt])
+    with np.errstate(over="ignore"):  # a huge eps over tiny rewards: inf, and the advantage 0
+        eps_scaled = np.ldexp(float(eps), -exponent)
     # Mean about a per-prompt shift (its largest valid reward): equal rewards then give
     # R - mu = 0 exactly, where a plain float mean (0.1 + 0.1 + 0.1) / 3 != 0.1 would not.
     shift = np.full(n.shape, -np.inf)
@@ -48,7 +61,7 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     var = np.bincount(prompt, weights=dev * dev) / np.maximum(n - ddof, 1)
     sigma = np.sqrt(var)
     scored = v & (n[prompt] >= 2)
-    denom = sigma[prompt] + eps
+    denom = sigma[prompt] + eps_scaled[prompt]
     # eps = 0 with equal rewards gives 0 / 0; the advantage of an all-equal group is 0.
     safe = scored & (denom > 0)
     return np.where(safe, dev / np.where(safe, denom, 1.0), 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import as_mask, as_real_array, finite_on
+from .config import is_integer_number
 from .errors import ESPOInputError
 
 LOSS_AGG_MODES = (
@@ -30,7 +31,7 @@ def check_agg_mode(mode, max_len=None, name: str = "loss_agg_mode") -> None:
         raise ESPOInputError(
             f"max_len is only used by loss_agg_mode='seq-mean-token-sum-norm', got mode {mode!r}"
         )
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+    if not is_integer_number(max_len) or max_len < 1:
         raise ESPOInputError(f"max_len must be an int >= 1 or None, got {max_len!r}")
 
 
@@ -73,9 +74,17 @@ def agg_loss(per_token, mask, mode: str, max_len: int | None = None) -> float:
     """[BASE-AGG] Aggregate a per-token loss [B, T] to a scalar: sum(agg_weights * per_token).
 
     Padding positions of ``per_token`` may hold anything (NaN included); response positions
-    must be finite.
+    must be finite. A sum beyond the float64 range is an error naming ``per_token``.
     """
     values = as_real_array(per_token, "per_token", ndim=2)
     m = as_mask(mask, "mask", values.shape)
     weights = agg_weights(m, mode, max_len)
-    return float(np.sum(weights * finite_on(values, m, "per_token")))
+    values = finite_on(values, m, "per_token")
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum(weights * values))
+    if not np.isfinite(total):
+        raise ESPOInputError(
+            f"per_token: the aggregated loss overflows float64 (values up to "
+            f"{float(np.abs(values[m]).max()):.6g} in magnitude)"
+        )
+    return total

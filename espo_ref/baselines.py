@@ -15,11 +15,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._checks import advantages_2d, token_inputs
+from ._checks import advantages_2d, loss_overflow, token_inputs
+from ._checks import log_ratio as raw_log_ratio
+from ._stable import approx_kl, finite_mean, in_range, scaled_sum
 from .aggregation import agg_weights, check_agg_mode
-from .config import _check_real, check_known_fields
+from .config import _check_real, check_known_fields, plain_scalars
 from .errors import ESPOInputError
-from .objective import clipped_surrogate, exp_ratio
+from .objective import clipped_surrogate, exp_ratio, ratio_and_advantage
 from .result import LossResult
 
 GSPO_LEVELS = ("token", "sequence")
@@ -47,6 +49,7 @@ class BaselineConfig:
     max_len: int | None = None
 
     def __post_init__(self) -> None:
+        plain_scalars(self)  # numpy scalars are accepted as the Python values they hold
         for name in ("eps_low", "eps_high"):
             if _check_real(name, getattr(self, name)) < 0:
                 raise ESPOInputError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -166,8 +169,17 @@ def row_sum(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def row_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean over the response tokens of each row, [B] (0 for an empty row)."""
-    return row_sum(values, mask) / np.maximum(mask.sum(axis=1), 1)
+    """Mean over the response tokens of each row, [B] (0 for an empty row). A row whose sum
+    leaves the float range (finite values of huge magnitude) is averaged as the sum of
+    value / length instead."""
+    lengths = np.maximum(mask.sum(axis=1), 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = row_sum(values, mask) / lengths
+    overflow = ~np.isfinite(mean)
+    if overflow.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = np.where(overflow, in_range(row_sum(scaled_sum(values, lengths[:, None]), mask)), mean)
+    return mean
 
 
 def to_tokens(per_row: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -199,15 +211,29 @@ def token_log_ratio(lp, olp, mask, config):
 
 def _mean_on(values: np.ndarray, where: np.ndarray) -> float:
     count = int(where.sum())
-    return float(np.where(where, values, 0.0).sum() / count) if count else 0.0
+    if not count:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        plain = float(np.where(where, values, 0.0).sum() / count)
+    return finite_mean(plain, values, where)
+
+
+def check_loss(loss, grad, what) -> None:
+    """[BASE-INPUT] A loss or gradient beyond the float64 range is an error (``what()`` gives
+    the sizes to report)."""
+    if not (np.isfinite(loss) and np.isfinite(grad).all()):
+        raise loss_overflow(what())
 
 
 def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped) -> dict[str, float]:
     """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
-    the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``)."""
+    the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
+    Every value is finite: means are summed scaled where a plain sum would overflow, and the
+    k3 mean saturates at the largest float64."""
     tokens = int(mask.sum())
     with np.errstate(over="ignore", invalid="ignore"):
         k3 = np.where(mask, np.expm1(log_r) - log_r, 0.0)
+        neg_log_r = -log_r
     return {
         "tokens": float(tokens),
         "responses": float(mask.any(axis=1).sum()),
@@ -216,8 +242,8 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped) -> 
         "clipfrac_low": float(clipped_low.sum() / tokens),
         "clamped_frac": float(clamped.sum() / tokens),
         "ratio_mean": _mean_on(ratio, mask),
-        "approx_kl": _mean_on(k3, mask),
-        "ppo_kl": _mean_on(-log_r, mask),
+        "approx_kl": approx_kl(_mean_on(k3, mask), log_r, mask),
+        "ppo_kl": _mean_on(neg_log_r, mask),
     }
 
 
@@ -252,22 +278,26 @@ def ppo_clip_token_loss(ratio, adv, mask, eps_low, eps_high, dual_clip):
         return loss, clipped_high, clipped_low, np.zeros_like(mask)
     negative = mask & (adv < 0)
     dual_clipped = negative & (ratio > dual_clip)
-    loss = np.where(negative, np.minimum(loss, -adv * dual_clip), loss)
+    with np.errstate(over="ignore", invalid="ignore"):  # -A c = +inf for A < 0 is never the min
+        loss = np.where(negative, np.minimum(loss, -adv * dual_clip), loss)
     return loss, clipped_high, clipped_low, dual_clipped
 
 
 def _ppo_clip_loss(logp, old_logp, mask, advantages, config) -> LossResult:
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
+    raw = raw_log_ratio(lp, olp, m)
     log_r, clamped = token_log_ratio(lp, olp, m, config)
     ratio = exp_ratio(log_r, m)
     per_token, clipped_high, clipped_low, dual = ppo_clip_token_loss(
         ratio, adv, m, config.eps_low, config.eps_high, config.dual_clip
     )
     weight = agg_weights(m, config.loss_agg_mode, config.max_len)
-    loss = np.sum(weight * per_token)
-    passes = m & ~clipped_high & ~clipped_low & ~dual & ~clamped
-    grad = np.where(passes, -weight * adv * ratio, 0.0)
-    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = np.sum(weight * per_token)
+        passes = m & ~clipped_high & ~clipped_low & ~dual & ~clamped
+        grad = np.where(passes, -weight * adv * ratio, 0.0)
+    check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
+    metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped)
     metrics["clipfrac_dual"] = float(dual.sum() / m.sum())
     extras = {"clamped": clamped, "dual_clipped": dual, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
@@ -300,7 +330,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     """
     config = _config(config, GSPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
-    log_r = lp - olp
+    log_r = raw_log_ratio(lp, olp, m)
     log_s = to_tokens(row_mean(log_r, m), m)
     log_s, clamped = clamp_log_ratio(log_s, m, None, config.log_ratio_clamp)
     ratio = exp_ratio(log_s, m)
@@ -309,11 +339,13 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     )
     per_token = -surrogate
     weight = agg_weights(m, config.loss_agg_mode, config.max_len)
-    loss = np.sum(weight * per_token)
-    passes = m & ~clipped_high & ~clipped_low & ~clamped
-    grad = np.where(passes, -weight * adv * ratio, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = np.sum(weight * per_token)
+        passes = m & ~clipped_high & ~clipped_low & ~clamped
+        grad = np.where(passes, -weight * adv * ratio, 0.0)
     if config.level == "sequence":
         grad = to_tokens(row_mean(grad, m), m)
+    check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped)
     extras = {"clamped": clamped, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_s, extras)
@@ -345,26 +377,34 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     """
     config = _config(config, GMPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
-    log_r = lp - olp
+    log_r = raw_log_ratio(lp, olp, m)
     clipped_lr, clipped_high, clipped_low = gmpo_clipped_log_ratio(
         log_r, adv, m, config.eps_low, config.eps_high
     )
     log_ratio = to_tokens(row_mean(clipped_lr, m), m)
     ratio = exp_ratio(log_ratio, m, GMPO_OVERFLOW_REMEDY)
     adv_seq = to_tokens(row_mean(adv, m), m)
-    per_token = -adv_seq * ratio
     weight = agg_weights(m, config.loss_agg_mode, config.max_len)
-    loss = np.sum(weight * per_token)
-    row_weight = to_tokens(row_sum(weight, m), m)
-    lengths = np.maximum(m.sum(axis=1), 1)[:, None]
-    passes = m & (adv != 0) & ~clipped_high & ~clipped_low
-    grad = np.where(passes, row_weight * per_token / lengths, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        per_token = -adv_seq * ratio
+        loss = np.sum(weight * per_token)
+        row_weight = to_tokens(row_sum(weight, m), m)
+        lengths = np.maximum(m.sum(axis=1), 1)[:, None]
+        passes = m & (adv != 0) & ~clipped_high & ~clipped_low
+        grad = np.where(passes, row_weight * per_token / lengths, 0.0)
+    check_loss(loss, grad, lambda: ratio_and_advantage(adv_seq, ratio, m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, np.zeros_like(m))
     extras = {"clipped_log_ratio": clipped_lr, "advantage_seq": adv_seq, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_ratio, extras)
 
 
 # --- CISPO -------------------------------------------------------------------------------
+
+
+def cispo_sizes(adv, is_weight, lp, mask) -> str:
+    """[BASE-INPUT] The sizes a CISPO loss overflow is reported with: |advantage|, weight, |logp|."""
+    return (f"advantages up to {float(np.abs(adv[mask]).max()):.6g} in magnitude times weights up to "
+            f"{float(is_weight[mask].max()):.6g} times |logp| up to {float(np.abs(lp[mask]).max()):.6g}")
 
 
 def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = None) -> LossResult:
@@ -375,6 +415,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     """
     config = _config(config, CISPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
+    raw = raw_log_ratio(lp, olp, m)
     log_r, clamped = token_log_ratio(lp, olp, m, config)
     ratio = exp_ratio(log_r, m)
     low, high = 1.0 - config.eps_low, 1.0 + config.eps_high
@@ -382,11 +423,13 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     clipped_high = m & (adv > 0) & (ratio > high)
     clipped_low = m & (adv < 0) & (ratio < low)
     capped = m & ((ratio > high) | (ratio < low))
-    per_token = -is_weight * adv * lp
     weight = agg_weights(m, config.loss_agg_mode, config.max_len)
-    loss = np.sum(weight * per_token)
-    grad = np.where(m, -weight * is_weight * adv, 0.0)
-    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped)
+    with np.errstate(over="ignore", invalid="ignore"):
+        per_token = -is_weight * adv * lp
+        loss = np.sum(weight * per_token)
+        grad = np.where(m, -weight * is_weight * adv, 0.0)
+    check_loss(loss, grad, lambda: cispo_sizes(adv, is_weight, lp, m))
+    metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped)
     metrics["capped_frac"] = float(capped.sum() / m.sum())
     extras = {"clamped": clamped, "is_weight": is_weight, "capped": capped, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)

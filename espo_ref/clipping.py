@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_real_array, entropy_in_range, finite_on
+from ._checks import _first_index, as_real_array, entropy_in_range, finite_on
 from ._segments import Segments
 from .config import ESPOConfig, check_config
+from .errors import ESPOInputError
 from .grouping import check_groups, trained_tokens
 
 
@@ -14,7 +15,8 @@ def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
     """[ESPO-CLIP] Eq. 8: eps_tau = alpha * mean_{t in tau}(e_t) / log|V|, per token [B, T].
 
     With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
-    K_i the number of trained groups of response i. 0 on padding.
+    K_i the number of trained groups of response i. 0 on padding. An epsilon beyond the
+    float64 range (a huge ``alpha``) is an error naming ``alpha``.
     """
     check_config(config, ESPOConfig)
     ent = as_real_array(entropy, "entropy", ndim=2)
@@ -26,9 +28,32 @@ def group_clip_eps(entropy, groups, config: ESPOConfig) -> np.ndarray:
     scale = config.alpha / config.log_vocab
     if config.eps_reading == "group_mean":
         seg = Segments(g, response)
-        return scale * seg.to_tokens(seg.means(ent))
+        mean = seg.to_tokens(seg.means(ent))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return finite_eps(scale * mean, mean, response, config)
     k = Segments(g, trained_tokens(g, config)).groups_per_row()
-    return np.where(response, scale * ent / np.maximum(k, 1)[:, None], 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        eps = np.where(response, scale * ent / np.maximum(k, 1)[:, None], 0.0)
+        return finite_eps(eps, ent / np.maximum(k, 1)[:, None], response, config)
+
+
+def finite_eps(eps: np.ndarray, entropy: np.ndarray, response: np.ndarray, config: ESPOConfig) -> np.ndarray:
+    """[ESPO-CLIP] eps = alpha / log|V| * e, and where that product leaves the float range
+    (alpha / log|V| alone may overflow) alpha * (e / log|V|); an epsilon still beyond the
+    float64 range is an error naming ``alpha``."""
+    if np.isfinite(eps).all():
+        return eps
+    with np.errstate(over="ignore", invalid="ignore"):
+        eps = np.where(np.isfinite(eps), eps, config.alpha * (entropy / config.log_vocab))
+    eps = np.where(response, eps, 0.0)
+    bad = ~np.isfinite(eps)
+    if bad.any():
+        idx = _first_index(bad)
+        raise ESPOInputError(
+            f"alpha = {config.alpha!r} is too large: the clip range alpha * e / log(vocab_size) "
+            f"overflows float64 at response position {list(idx)}"
+        )
+    return eps
 
 
 def clip_bounds(entropy, groups, config: ESPOConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import ESPOInputError
 
 GROUPINGS = ("top_fraction", "batch_top_fraction", "entropy_ranges", "none", "token")
@@ -15,8 +17,28 @@ EPS_READINGS = ("group_mean", "token_over_groups")
 RATIO_FORMS = ("gspo_token", "literal")
 
 
+def is_integer_number(value: Any) -> bool:
+    """A Python or numpy integer (``np.int64(16)`` is what users pass), not a bool [ESPO-CONFIG]."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real_number(value: Any) -> bool:
+    """A Python or numpy integer or float, not a bool (nor complex, str, ...) [ESPO-CONFIG]."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def plain_scalars(obj: Any) -> None:
+    """[ESPO-CONFIG] [BASE-CONFIG] Replace numpy scalar fields of a frozen dataclass by the
+    Python int, float, bool or str of the same value, so that a config built from numpy values
+    equals, prints and serialises as the one built from Python values."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.generic):
+            object.__setattr__(obj, f.name, value.item())
+
+
 def _check_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_number(value):
         raise ESPOInputError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -39,6 +61,16 @@ def check_config(config: Any, cls: type, name: str = "config") -> Any:
         raise ESPOInputError(f"{name} must be {article} {cls.__name__}, got {type(config).__name__}")
     config.__post_init__()
     return config
+
+
+def _sequence(value: Any) -> tuple | None:
+    """The items of a list, tuple or 1-D array (None for a scalar, a string or a mapping)."""
+    if isinstance(value, (str, bytes, dict)) or (isinstance(value, np.ndarray) and value.ndim != 1):
+        return None
+    try:
+        return tuple(value)
+    except TypeError:
+        return None
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -69,8 +101,9 @@ class ESPOConfig:
     entropy_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
-        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int):
+        if not is_integer_number(self.vocab_size):
             raise ESPOInputError(f"vocab_size must be an int >= 2, got {self.vocab_size!r}")
+        plain_scalars(self)
         if self.vocab_size < 2:
             raise ESPOInputError(f"vocab_size must be an int >= 2, got {self.vocab_size}")
         if _check_real("alpha", self.alpha) < 0:
@@ -98,12 +131,15 @@ class ESPOConfig:
                 )
         if _check_real("entropy_tolerance", self.entropy_tolerance) < 0:
             raise ESPOInputError(f"entropy_tolerance must be >= 0, got {self.entropy_tolerance}")
-        edges = tuple(self.entropy_edges)
-        object.__setattr__(self, "entropy_edges", edges)
+        edges = _sequence(self.entropy_edges)
+        if edges is None:
+            raise ESPOInputError(f"entropy_edges must be a sequence of numbers, got {self.entropy_edges!r}")
         for k, c in enumerate(edges):
             c = _check_real(f"entropy_edges[{k}]", c)
             if not 0.0 < c < 1.0:
                 raise ESPOInputError(f"entropy_edges[{k}] must be in (0, 1), got {c}")
+        edges = tuple(c.item() if isinstance(c, np.generic) else c for c in edges)
+        object.__setattr__(self, "entropy_edges", edges)
         if any(b <= a for a, b in zip(edges, edges[1:])):
             raise ESPOInputError(f"entropy_edges must be strictly increasing, got {edges}")
         if self.grouping == "entropy_ranges" and not edges:

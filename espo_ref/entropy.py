@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ._checks import as_real_array
+from .config import is_real_number
 from .errors import ESPOInputError
 
 
@@ -15,26 +16,34 @@ def token_entropy(logits, temperature: float = 1.0) -> np.ndarray:
 
     Reduces the last axis; stable via log-sum-exp. Entries of -inf are vocabulary items
     with probability zero; NaN and +inf are errors. Returns float64 of shape
-    ``logits.shape[:-1]``, clamped below at 0 against rounding.
+    ``logits.shape[:-1]``, clamped below at 0 against rounding. Finite logits give a finite
+    entropy for every temperature: a row whose ``logits / temperature`` leaves the float range
+    is shifted by its maximum before the division.
     """
     z = np.asarray(logits)
     if z.dtype == object or z.dtype.kind not in "fiu":
         raise ESPOInputError(f"logits must be a real numeric array, got dtype {z.dtype}")
     if z.ndim < 1 or z.shape[-1] < 1:
         raise ESPOInputError(f"logits must have a non-empty last (vocabulary) axis, got {z.shape}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        math.isfinite(temperature) and temperature > 0
-    ):
+    if not is_real_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
         raise ESPOInputError(f"temperature must be a finite number > 0, got {temperature!r}")
-    z = as_real_array(z, "logits") / float(temperature)
-    if np.isnan(z).any() or np.isposinf(z).any():
-        idx = tuple(int(i) for i in np.argwhere(np.isnan(z) | np.isposinf(z))[0])
+    raw = as_real_array(z, "logits")
+    if np.isnan(raw).any() or np.isposinf(raw).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isnan(raw) | np.isposinf(raw))[0])
         raise ESPOInputError(f"logits has a NaN or +inf value at index {list(idx)}")
-    top = z.max(axis=-1, keepdims=True)
-    if np.isneginf(top).any():
-        idx = tuple(int(i) for i in np.argwhere(np.isneginf(top[..., 0]))[0])
+    raw_top = raw.max(axis=-1, keepdims=True)
+    if np.isneginf(raw_top).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isneginf(raw_top[..., 0]))[0])
         raise ESPOInputError(f"logits is -inf over the whole vocabulary at index {list(idx)}")
-    shifted = z - top
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = raw / float(temperature)
+        top = z.max(axis=-1, keepdims=True)
+        shifted = z - top
+        # A finite logit that leaves the float range on division by a small temperature:
+        # that row is shifted before dividing (the same z - max in exact arithmetic).
+        overflow = (np.isfinite(raw) & ~np.isfinite(z)).any(axis=-1, keepdims=True)
+        if overflow.any():
+            shifted = np.where(overflow, (raw - raw_top) / float(temperature), shifted)
     alive = np.isfinite(shifted)
     shifted = np.where(alive, shifted, 0.0)
     weights = np.where(alive, np.exp(shifted), 0.0)

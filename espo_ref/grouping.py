@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._checks import as_mask, as_real_array, check_shape, entropy_in_range, finite_on
-from .config import ESPOConfig, check_config
+from .config import ESPOConfig, _check_real, check_config
 from .errors import ESPOInputError
 
 HIGH_GROUP = 0
@@ -24,12 +24,19 @@ def high_group_size(lengths, top_fraction: float) -> np.ndarray:
     lengths = np.asarray(lengths)
     if lengths.dtype.kind not in "iu" or (lengths < 0).any():
         raise ESPOInputError(f"lengths must be non-negative integers, got {lengths!r}")
-    rho = Fraction(repr(float(top_fraction)))
-    if not 0 < rho <= 1:
-        raise ESPOInputError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    rho = decimal_fraction(top_fraction)
     exact = -((-lengths.astype(object) * rho.numerator) // rho.denominator)
     n_high = np.asarray(exact, dtype=np.int64).reshape(lengths.shape)
     return np.minimum(np.maximum(n_high, 1), lengths)
+
+
+def decimal_fraction(top_fraction) -> Fraction:
+    """[ESPO-GROUP-TOPFRAC] rho as the exact decimal it prints as; a value that is not a finite
+    real number in (0, 1] is an error naming ``top_fraction``."""
+    rho = _check_real("top_fraction", top_fraction)
+    if not 0.0 < rho <= 1.0:
+        raise ESPOInputError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    return Fraction(repr(rho))
 
 
 def _rank_descending(key: np.ndarray, axis: int) -> np.ndarray:

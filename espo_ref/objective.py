@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import advantages_2d, as_real_array, check_shape, token_inputs
+from ._checks import advantages_2d, as_real_array, check_shape, log_ratio, loss_overflow, token_inputs
 from ._segments import Segments
+from ._stable import approx_kl, finite_mean
 from .clipping import clip_bounds
 from .config import ESPOConfig, check_config
 from .errors import ESPOInputError
@@ -40,7 +41,8 @@ def token_ratio(log_s: np.ndarray, log_r: np.ndarray, mask: np.ndarray, config: 
     d value / d logp_t = s_tau r_t. In both forms the derivative equals the value, and a
     clamped token (log value above ``log_ratio_clamp``) has derivative 0.
     """
-    log_value = log_s + log_r if config.ratio_form == "literal" else log_s
+    with np.errstate(over="ignore"):  # +inf is clamped (or an overflow error), -inf gives 0
+        log_value = log_s + log_r if config.ratio_form == "literal" else log_s
     log_value = np.where(mask, log_value, 0.0)
     if config.log_ratio_clamp is None:
         clamped = np.zeros_like(mask)
@@ -56,7 +58,8 @@ def clipped_surrogate(ratio, adv, eps_low, eps_high, trained):
     Clipped-high iff A > 0 and s > 1 + eps_high; clipped-low iff A < 0 and s < 1 - eps_low
     (strict: a token on the boundary is not clipped). Clipped tokens have zero gradient.
     """
-    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by the loss
+        surrogate = np.minimum(ratio * adv, np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
     clipped_high = trained & (adv > 0) & (ratio > 1.0 + eps_high)
     clipped_low = trained & (adv < 0) & (ratio < 1.0 - eps_low)
     return np.where(trained, surrogate, 0.0), clipped_high, clipped_low
@@ -80,13 +83,20 @@ def aggregation_weights(groups: np.ndarray, trained: np.ndarray, mask: np.ndarra
 
 def _safe_mean(values: np.ndarray, where: np.ndarray) -> float:
     count = int(where.sum())
-    return float(values[where].sum() / count) if count else 0.0
+    if not count:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        plain = float(values[where].sum() / count)
+    return finite_mean(plain, values, where)
 
 
 def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
                  clipped_low, clamped, config: ESPOConfig) -> dict[str, float]:
     """[ESPO-METRICS] Diagnostics of Figs. 3-5: clip fractions over all response tokens,
-    split into the high-entropy bucket (group 0) and the rest, and per-group epsilons."""
+    split into the high-entropy bucket (group 0) and the rest, and per-group epsilons.
+
+    Every value is finite: a mean whose plain sum leaves the float range is summed scaled,
+    ``approx_kl`` falls back to log space and saturates at the largest float64."""
     tokens = int(mask.sum())
     clipped = clipped_high | clipped_low
     high = mask & (groups == HIGH_GROUP) if config.grouping != "token" else mask.copy()
@@ -114,8 +124,14 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
         "entropy_mean_high_group": _safe_mean(entropy, high),
         "entropy_mean_low_group": _safe_mean(entropy, low),
         "ratio_mean": _safe_mean(ratio, trained),
-        "approx_kl": _safe_mean(kl, mask),
+        "approx_kl": approx_kl(_safe_mean(kl, mask), log_r, mask),
     }
+
+
+def ratio_and_advantage(adv: np.ndarray, ratio: np.ndarray, mask: np.ndarray) -> str:
+    """[ESPO-INPUT] The sizes a loss overflow is reported with: the largest |advantage| and ratio."""
+    return (f"advantages up to {float(np.abs(adv[mask]).max()):.6g} in magnitude "
+            f"times ratios up to {float(ratio[mask].max()):.6g}")
 
 
 def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig) -> LossResult:
@@ -124,6 +140,8 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig) -> 
 
     ``grad`` is the exact d loss / d logp implied by the stop-gradients of Eq. 9; entropy,
     old_logp and advantages are constants. See specs/ESPO.md for every pinned reading.
+    Finite inputs give finite outputs or an ESPOInputError naming the argument: a log-ratio
+    or a loss beyond the float64 range is an error [ESPO-INPUT].
     """
     check_config(config, ESPOConfig)
     lp, olp, m = token_inputs(logp, old_logp, mask)
@@ -133,16 +151,19 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig) -> 
 
     groups = entropy_groups(ent, m, config)
     trained = trained_tokens(groups, config)
-    log_r = lp - olp
+    log_r = log_ratio(lp, olp, m)
     log_s = group_log_ratio(lp, olp, groups)
     ratio, clamped = token_ratio(log_s, log_r, m, config)
     eps_low, eps_high = clip_bounds(ent, groups, config)
     surrogate, clipped_high, clipped_low = clipped_surrogate(ratio, adv, eps_low, eps_high, trained)
     weight = aggregation_weights(groups, trained, m)
 
-    objective = float(np.sum(weight * surrogate))
-    passes = trained & ~clipped_high & ~clipped_low & ~clamped
-    grad = np.where(passes, -weight * adv * ratio, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        objective = float(np.sum(weight * surrogate))
+        passes = trained & ~clipped_high & ~clipped_low & ~clamped
+        grad = np.where(passes, -weight * adv * ratio, 0.0)
+    if not (np.isfinite(objective) and np.isfinite(grad).all()):
+        raise loss_overflow(ratio_and_advantage(adv, ratio, m))
     metrics = espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high,
                            clipped_low, clamped, config)
     return LossResult(

@@ -132,6 +132,16 @@ BAD_INPUTS = [
     ("eps_low_negative", "ESPO-CLIP-FIXED", config(clip="fixed", eps_low=-0.1), "eps_low"),
     ("eps_high_nan", "ESPO-CLIP-FIXED", config(clip="fixed", eps_high=math.nan), "eps_high"),
     ("entropy_tolerance_negative", "ESPO-ENT-DOMAIN", config(entropy_tolerance=-1.0), "entropy_tolerance"),
+    # issue 12: a raw TypeError / Fraction error before; booleans are not numbers
+    ("entropy_edges_None", "ESPO-CONFIG", config(entropy_edges=None), "entropy_edges"),
+    ("entropy_edges_scalar", "ESPO-CONFIG", config(grouping="entropy_ranges", entropy_edges=0.5), "entropy_edges"),
+    ("entropy_edges_string", "ESPO-CONFIG", config(grouping="entropy_ranges", entropy_edges="0.5"), "entropy_edges"),
+    ("vocab_size_numpy_bool", "ESPO-CONFIG", config(vocab_size=np.True_), "vocab_size"),
+    ("alpha_numpy_bool", "ESPO-CONFIG", config(alpha=np.False_), "alpha"),
+    ("high_group_size_nan", "ESPO-GROUP-TOPFRAC", lambda: espo_ref.high_group_size(np.array([3]), math.nan), "top_fraction"),
+    ("high_group_size_inf", "ESPO-GROUP-TOPFRAC", lambda: espo_ref.high_group_size(np.array([3]), math.inf), "top_fraction"),
+    ("high_group_size_str", "ESPO-GROUP-TOPFRAC", lambda: espo_ref.high_group_size(np.array([3]), "0.2"), "top_fraction"),
+    ("high_group_size_None", "ESPO-GROUP-TOPFRAC", lambda: espo_ref.high_group_size(np.array([3]), None), "top_fraction"),
     # ---- grpo_advantages [ESPO-ADV]
     ("prompt_ids_wrong_length", "ESPO-ADV", lambda: espo_ref.grpo_advantages(R, np.array([0, 0])), "prompt_ids"),
     ("valid_wrong_length", "ESPO-ADV", lambda: espo_ref.grpo_advantages(R, P, np.array([True, False])), "valid"),
@@ -164,6 +174,29 @@ def test_bad_input_raises_ESPOInputError_naming_the_argument(case_id, clause, ca
         call()
     assert isinstance(info.value, ValueError), f"[{clause}] ESPOInputError must be a ValueError"
     assert word in str(info.value), f"[{clause}] {case_id}: message {str(info.value)!r} does not name {word!r}"
+
+
+def test_ESPO_CONFIG_numpy_scalars_are_accepted_as_python_numbers():
+    """[ESPO-CONFIG] [BASE-CONFIG] numpy integers are ints and numpy floats reals wherever a
+    Python number is accepted (issue 12: ``np.int64(16)`` as vocab_size was rejected); the
+    config stores, compares and serialises as the one built from Python values."""
+    cfg = ESPOConfig(vocab_size=np.int64(16), alpha=np.float32(0.5), top_fraction=np.float64(0.25),
+                     log_ratio_clamp=np.int32(5), entropy_tolerance=np.float16(0.0),
+                     grouping="entropy_ranges", entropy_edges=np.array([0.25, 0.5]), drop_low_group=np.True_)
+    assert cfg == ESPOConfig(vocab_size=16, alpha=float(np.float32(0.5)), top_fraction=0.25, log_ratio_clamp=5,
+                             entropy_tolerance=0.0, grouping="entropy_ranges", entropy_edges=(0.25, 0.5),
+                             drop_low_group=True)
+    assert type(cfg.vocab_size) is int and type(cfg.alpha) is float and type(cfg.drop_low_group) is bool
+    assert all(type(c) is float for c in cfg.entropy_edges)
+    assert ESPOConfig.from_dict(cfg.to_dict()) == cfg
+    assert espo_ref.GRPOConfig(loss_agg_mode="seq-mean-token-sum-norm", max_len=np.int64(4),
+                               eps_high=np.float32(0.25), dual_clip=np.int64(3)).max_len == 4
+    x = np.array([[0.0, 1.0, 2.0]])
+    assert espo_ref.token_entropy(x, np.float32(0.5)) == espo_ref.token_entropy(x, 0.5)
+    assert np.array_equal(espo_ref.high_group_size(np.array([5, 25]), np.float64(0.28)), [2, 7])
+    r, ids = np.array([1.0, 0.0, 2.0]), np.array([0, 0, 0])
+    assert np.array_equal(espo_ref.grpo_advantages(r, ids, ddof=np.int64(0), eps=np.float32(0.0)),
+                          espo_ref.grpo_advantages(r, ids, ddof=0, eps=0.0))
 
 
 def test_entropy_shape_mismatch_names_entropy__ESPO_INPUT():

@@ -4,6 +4,8 @@ both backends)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,51 @@ def test_component_error_messages_equal_numpy_ESPO_INPUT():
     for i, (fn_numpy, fn_torch) in enumerate(rows):
         got, want = _messages(fn_numpy, fn_torch)
         assert got == want, f"row {i}"
+
+
+def test_ESPO_INPUT_torch_accepts_and_rejects_what_numpy_does():
+    """[ESPO-INPUT] [ESPO-ENT] [ESPO-GROUP-TOPFRAC] [ESPO-ADV] issue 12: the torch backend
+    rejects exactly what the core rejects, word for word. A 0-d numpy input stays 0-d (it
+    became shape (1,), so ``token_entropy(np.float64(3.0))`` returned 0 and a scalar advantage
+    passed with B = 1), and a non-finite top_fraction is an ESPOInputError, not a Fraction
+    error."""
+    a = good()
+    one = {k: v[:1] for k, v in a.items()}
+    t1 = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in one.items()}
+    scalar = np.float64(0.5)
+    rows = [
+        (lambda: core.token_entropy(np.float64(3.0)), lambda: et.token_entropy(np.float64(3.0))),
+        (lambda: core.token_entropy(np.array(3.0)), lambda: et.token_entropy(np.array(3.0))),
+        (lambda: core.espo_loss(one["logp"], one["old_logp"], one["entropy"], one["mask"], scalar, CFG),
+         lambda: et.espo_loss(t1["logp"], t1["old_logp"], t1["entropy"], t1["mask"], scalar, CFG)),
+        (lambda: core.grpo_loss(one["logp"], one["old_logp"], one["mask"], np.array(0.5)),
+         lambda: et.grpo_loss(t1["logp"], t1["old_logp"], t1["mask"], np.array(0.5))),
+        (lambda: core.grpo_advantages(np.float64(1.0), np.int64(0)),
+         lambda: et.grpo_advantages(np.float64(1.0), np.int64(0))),
+        (lambda: core.high_group_size(np.array([3]), math.nan), lambda: et.high_group_size(torch.tensor([3]), math.nan)),
+        (lambda: core.high_group_size(np.array([3]), math.inf), lambda: et.high_group_size(torch.tensor([3]), math.inf)),
+        (lambda: core.high_group_size(np.array([3]), "0.2"), lambda: et.high_group_size(torch.tensor([3]), "0.2")),
+        (lambda: core.token_entropy(np.ones((1, 2)), np.True_), lambda: et.token_entropy(torch.ones(1, 2), np.True_)),
+    ]
+    for i, (fn_numpy, fn_torch) in enumerate(rows):
+        got, want = _messages(fn_numpy, fn_torch)
+        assert got == want, f"row {i}: torch {got!r} != numpy {want!r}"
+    # a 0-d length is accepted by both, with the same value
+    assert int(et.high_group_size(np.int64(5), 0.2)) == int(core.high_group_size(np.int64(5), 0.2)) == 1
+
+
+def test_ESPO_CONFIG_torch_accepts_numpy_scalars_as_numbers():
+    """[ESPO-CONFIG] numpy integers and floats are accepted by the torch functions wherever
+    the core accepts Python numbers, with the core's values."""
+    x = np.array([[0.0, 1.0, 2.0], [3.0, -np.inf, 0.5]])
+    assert torch.equal(et.token_entropy(torch.tensor(x), np.float32(0.5)), et.token_entropy(torch.tensor(x), 0.5))
+    assert et.high_group_size(torch.tensor([5, 25]), np.float64(0.28)).tolist() == [2, 7]
+    r, ids = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([0, 0, 0])
+    assert torch.equal(et.grpo_advantages(r, ids, ddof=np.int64(0), eps=np.float32(0.0)),
+                       et.grpo_advantages(r, ids, ddof=0, eps=0.0))
+    h = torch.randn(3, 4, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    tok = torch.tensor([0, 1, 4])
+    lp_a, e_a = et.token_logprobs_and_entropy(h, w, tok, temperature=np.float32(0.5), chunk_size=np.int64(2))
+    lp_b, e_b = et.token_logprobs_and_entropy(h, w, tok, temperature=0.5, chunk_size=2)
+    assert torch.equal(lp_a, lp_b) and torch.equal(e_a, e_b)

@@ -195,3 +195,66 @@ def test_espo_loss_validate_false_syncs_only_for_metrics_cuda_ESPO_METRICS():
         torch.cuda.set_sync_debug_mode(0)
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) <= 1, syncs
+
+
+# ------------------------------------------------------------------ constants [ESPO-OBJ] (issue 12)
+
+_CONSTANT_CASES = {  # loss name -> (torch loss, numpy loss, whether it takes an entropy)
+    "espo": (et.espo_loss, core.espo_loss, True),
+    "grpo": (et.grpo_loss, core.grpo_loss, False),
+    "dapo": (et.dapo_loss, core.dapo_loss, False),
+    "gspo": (et.gspo_loss, core.gspo_loss, False),
+    "gmpo": (et.gmpo_loss, core.gmpo_loss, False),
+    "cispo": (et.cispo_loss, core.cispo_loss, False),
+}
+_CFG16 = core.ESPOConfig(vocab_size=16)
+
+
+def _call(fn, takes_entropy, logp, old_logp, entropy, mask, adv):
+    if takes_entropy:
+        return fn(logp, old_logp, entropy, mask, adv, _CFG16)
+    return fn(logp, old_logp, mask, adv)
+
+
+def _constant_inputs():
+    logp = np.array([[-1.0, -2.0, -0.5], [-1.5, -0.7, -3.0]])
+    mask = np.array([[True, True, True], [True, True, False]])
+    entropy = np.array([[0.3, 1.2, 2.0], [0.9, 0.1, 0.0]])
+    adv = np.array([1.0, -0.5])
+    return logp, mask, entropy, adv
+
+
+@pytest.mark.parametrize("loss", sorted(_CONSTANT_CASES))
+def test_ESPO_OBJ_old_logp_is_a_constant_when_it_is_logp(loss):
+    """[ESPO-OBJ] [BASE-INPUT] old_logp is a constant: passing the very tensor logp as old_logp
+    (the first update, old = current) gives autograd the ``grad`` field's gradient, -w A at
+    ratio 1 (issue 12: it was 0 for espo, grpo, dapo, gspo, gmpo and wrong for cispo)."""
+    fn_t, fn_np, takes_entropy = _CONSTANT_CASES[loss]
+    logp, mask, entropy, adv = _constant_inputs()
+    t = torch.tensor(logp, requires_grad=True)
+    got = _call(fn_t, takes_entropy, t, t, torch.tensor(entropy), torch.tensor(mask), torch.tensor(adv))
+    got.loss.backward()
+    want = _call(fn_np, takes_entropy, logp, logp, entropy, mask, adv)
+    assert np.abs(want.grad[mask]).min() > 0  # the gradient that must flow
+    assert_close(host(t.grad), want.grad, GRAD, "ESPO-OBJ", f"{loss}: autograd with old_logp = logp")
+    assert_close(host(got.grad), want.grad, GRAD, "ESPO-OBJ", f"{loss}: grad field")
+
+
+@pytest.mark.parametrize("loss", sorted(_CONSTANT_CASES))
+def test_ESPO_OBJ_old_logp_advantages_and_entropy_get_no_gradient(loss):
+    """[ESPO-OBJ] [BASE-INPUT] old_logp derived from logp in the graph, and advantages and
+    entropy that require grad: no gradient reaches any of them, and logp's equals the
+    ``grad`` field (the core's)."""
+    fn_t, fn_np, takes_entropy = _CONSTANT_CASES[loss]
+    logp, mask, entropy, adv = _constant_inputs()
+    t = torch.tensor(logp, requires_grad=True)
+    shift = torch.tensor([[0.05, -0.1, 0.2], [0.0, 0.15, -0.05]], dtype=torch.float64)
+    old = t * 1.0 - shift  # in logp's graph, not detached by the caller
+    a = torch.tensor(adv, requires_grad=True)
+    e = torch.tensor(entropy, requires_grad=True)
+    got = _call(fn_t, takes_entropy, t, old, e, torch.tensor(mask), a)
+    got.loss.backward()
+    want = _call(fn_np, takes_entropy, logp, logp - shift.numpy(), entropy, mask, adv)
+    assert a.grad is None, f"[ESPO-OBJ] {loss}: a gradient reached the advantages"
+    assert e.grad is None, f"[ESPO-OBJ] {loss}: a gradient reached the entropy"
+    assert_close(host(t.grad), want.grad, GRAD, "ESPO-OBJ", f"{loss}: autograd through old_logp")

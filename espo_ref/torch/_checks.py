@@ -61,7 +61,8 @@ def coerce(x, device=None):
         return None, str(arr.dtype)
     if arr.dtype.kind == "u" and arr.dtype != np.uint8:
         arr = arr.astype(np.int64)
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    # ascontiguousarray makes a 0-d array 1-d: keep the shape, so that torch sees what numpy sees
+    t = torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape))
     return (t if device is None else t.to(device)), str(arr.dtype)
 
 
@@ -143,6 +144,9 @@ def _float_below(bound: float, dtype: torch.dtype) -> float:
     """Largest value of ``dtype`` <= bound: for x of that dtype, x > bound iff x > it."""
     if dtype == torch.float64:
         return bound
+    top = float(np.finfo(np.float32).max)
+    if abs(bound) > top:  # beyond float32: the largest finite float32 below it, or -inf
+        return top if bound > 0 else -np.inf
     f = np.float32(bound)
     if float(f) > bound:
         f = np.nextafter(f, np.float32(-np.inf))
@@ -153,6 +157,9 @@ def _float_above(bound: float, dtype: torch.dtype) -> float:
     """Smallest value of ``dtype`` >= bound: for x of that dtype, x < bound iff x < it."""
     if dtype == torch.float64:
         return bound
+    top = float(np.finfo(np.float32).max)
+    if abs(bound) > top:  # beyond float32: the smallest finite float32 above it, or +inf
+        return -top if bound < 0 else np.inf
     f = np.float32(bound)
     if float(f) < bound:
         f = np.nextafter(f, np.float32(np.inf))
@@ -175,8 +182,9 @@ def entropy_in_range(entropy: torch.Tensor, mask: torch.Tensor, log_vocab: float
 
 def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str = "advantages",
                   validate: bool = True) -> torch.Tensor:
-    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0."""
-    adv = as_real_tensor(advantages, name, device=mask.device)
+    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0.
+    Detached: advantages are constants of every loss [ESPO-OBJ]."""
+    adv = as_real_tensor(advantages, name, device=mask.device).detach()
     B, T = mask.shape
     if adv.ndim == 1:
         if tuple(adv.shape) != (B,):
@@ -197,11 +205,38 @@ def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str 
 
 def token_inputs(logp, old_logp, mask, names=("logp", "old_logp"), validate: bool = True):
     """Validate the [B, T] log-probability pair and the mask; return the pair in the compute
-    dtype with padding zeroed (logp keeps its autograd graph), and the boolean mask."""
+    dtype with padding zeroed (logp keeps its autograd graph; old_logp is detached, a
+    constant of every loss [ESPO-OBJ], even when the caller passes logp itself), and the
+    boolean mask."""
     lp = as_real_tensor(logp, names[0], ndim=2)
-    olp = as_real_tensor(old_logp, names[1], device=lp.device)
+    olp = as_real_tensor(old_logp, names[1], device=lp.device).detach()
     check_shape(olp, names[1], tuple(lp.shape), names[0])
     m = as_mask(mask, "mask", tuple(lp.shape), device=lp.device, validate=validate)
     dtype = compute_dtype(lp)
     return (finite_on(lp, m, names[0], dtype, validate),
             finite_on(olp, m, names[1], dtype, validate), m)
+
+
+def log_ratio(lp: torch.Tensor, olp: torch.Tensor, mask: torch.Tensor, validate: bool = True) -> torch.Tensor:
+    """log r = logp - old_logp on the response tokens [ESPO-RATIO], from the pair ``token_inputs``
+    returns (0 on padding, so 0 there); a difference of finite values that leaves the range
+    of the compute dtype is an error naming both arguments (a host sync, only if ``validate``)."""
+    log_r = lp - olp  # both are 0 on padding (finite_on)
+    if validate:
+        bad = ~torch.isfinite(log_r.detach())
+        if bool(bad.any()):
+            idx = first_index(bad)
+            raise ESPOInputError(
+                f"logp - old_logp overflows {dtype_name(log_r.dtype)} at response position {idx} "
+                f"(logp {float_repr(lp, idx)}, old_logp {float_repr(olp, idx)})"
+            )
+    return log_r
+
+
+def bound(value: float, dtype: torch.dtype) -> float:
+    """[ESPO-RATIO-CLAMP] [ESPO-CLIPMASK] A Python bound (clamp, clip or dual-clip limit) as a
+    constant of ``dtype``: beyond the dtype's range it saturates to its largest finite value,
+    which every finite value of the dtype compares with exactly as with the bound (torch
+    refuses an out-of-range scalar)."""
+    top = float(torch.finfo(dtype).max)
+    return max(min(float(value), top), -top)

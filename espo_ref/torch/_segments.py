@@ -19,6 +19,18 @@ import torch
 DENSE_WIDTH = 8
 
 
+def in_range(mean: torch.Tensor) -> torch.Tensor:
+    """[ESPO-INPUT] A mean of finite values summed scaled is within rounding of the true mean, which lies in
+    [min, max] of the values: an inf there is the rounding of the dtype's +-max."""
+    top = torch.finfo(mean.dtype).max
+    return mean.clamp(-top, top)
+
+
+def power_of_two_above(n: int) -> int:
+    """[ESPO-RATIO] The least k >= 0 with 2**k >= n: a sum of n values scaled by 2**-k stays in range."""
+    return max(int(n) - 1, 0).bit_length()
+
+
 class Segments:
     """Group statistics of the included tokens of a [B, T] group-id tensor."""
 
@@ -51,9 +63,18 @@ class Segments:
         return torch.where(onehot, src.unsqueeze(1), torch.zeros((), dtype=src.dtype, device=src.device)).sum(dim=2)
 
     def means(self, values: torch.Tensor, clean: bool = False) -> torch.Tensor:
-        """Per-group means (0 for empty groups)."""
-        sums = self.sums(values, clean)
-        return sums / self.counts.clamp(min=1).to(sums.dtype)
+        """Per-group means (0 for empty groups).
+
+        Summed scaled by 2**-k (2**k >= T) and divided by the scaled count: the same value as
+        sum / count for values in the normal range (power-of-two scaling is exact, so every
+        rounding is the same), and no sum of finite values leaves the float range (the core's
+        fallback, without computing twice or a host sync).
+        """
+        k = power_of_two_above(self.shape[1])
+        if k == 0:  # at most one token per group: no sum to overflow
+            return self.sums(values, clean) / self.counts.clamp(min=1).to(values.dtype)
+        sums = self.sums(values * 2.0 ** -k, clean)
+        return in_range(sums / (self.counts.clamp(min=1).to(sums.dtype) * 2.0 ** -k))
 
     def to_tokens(self, per_group: torch.Tensor) -> torch.Tensor:
         """Broadcast a per-group [B, W] table back to the tokens (0 outside ``include``)."""

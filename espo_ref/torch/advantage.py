@@ -7,8 +7,17 @@ import math
 import numpy as np
 import torch
 
+from ..config import is_real_number
 from ..errors import ESPOInputError
 from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, first_index, float_repr, is_integer
+
+
+def ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """[ESPO-ADV] x * 2**e elementwise, in two factors so that each power of two is representable in
+    x's dtype (2**1074 is not); exact unless the result leaves the normal range."""
+    half = e // 2
+    two = torch.full((), 2.0, dtype=x.dtype, device=x.device)
+    return x * torch.pow(two, half.to(x.dtype)) * torch.pow(two, (e - half).to(x.dtype))
 
 
 def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float = 1e-6, *,
@@ -19,7 +28,9 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     (``ddof=1``: Bessel's correction). Invalid responses get 0; a prompt with fewer than
     two valid responses gives 0 to all of its responses. Returns [B] (float64 for float64
     rewards, else float32) on the rewards' device. ``prompt_ids``: an integer tensor, or
-    integers or strings as numpy accepts them. Finding the prompts (``unique``) syncs.
+    integers or strings as numpy accepts them. Finding the prompts (``unique``) syncs. Each
+    prompt is computed on its rewards scaled by a power of two (exact), so finite rewards of
+    any magnitude give finite advantages.
     """
     r = as_real_tensor(rewards, "rewards", ndim=1)
     B = r.shape[0]
@@ -37,9 +48,9 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
         v = torch.ones(B, dtype=torch.bool, device=r.device)
     else:
         v = as_mask(valid, "valid", (B,), device=r.device, validate=validate)
-    if isinstance(ddof, bool) or ddof not in (0, 1):
+    if isinstance(ddof, (bool, np.bool_)) or ddof not in (0, 1):
         raise ESPOInputError(f"ddof must be 0 or 1, got {ddof!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+    if not is_real_number(eps) or not (math.isfinite(eps) and eps >= 0):
         raise ESPOInputError(f"eps must be a finite number >= 0, got {eps!r}")
     if validate:
         bad = v & ~torch.isfinite(r)
@@ -60,6 +71,14 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
         return torch.zeros(P, dtype=dtype, device=r.device).index_add(0, prompt, values)
 
     n = per_prompt(v.to(dtype))
+    # Each prompt scaled by 2**-e, e the exponent of its largest |reward| (the core's exact
+    # power-of-two scaling): huge or tiny rewards neither overflow nor underflow when squared.
+    largest = torch.zeros(P, dtype=dtype, device=r.device).scatter_reduce(
+        0, prompt, torch.where(v, r.abs(), zero), reduce="amax")
+    exponent = torch.frexp(largest).exponent.to(torch.int64)
+    r = ldexp(r, -exponent[prompt])
+    # eps scaled in float64 (eps itself may lie beyond float32), then rounded to the dtype
+    eps_scaled = ldexp(torch.full((P,), float(eps), dtype=torch.float64, device=r.device), -exponent).to(dtype)
     # Mean about a per-prompt shift (its largest valid reward), as the numpy core: equal
     # rewards then give R - mu = 0 exactly.
     neg_inf = torch.full((), -math.inf, dtype=dtype, device=r.device)
@@ -71,7 +90,7 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     var = per_prompt(dev * dev) / (n - ddof).clamp(min=1)
     sigma = torch.sqrt(var)
     scored = v & (n[prompt] >= 2)
-    denom = sigma[prompt] + eps
+    denom = sigma[prompt] + eps_scaled[prompt]
     # eps = 0 with equal rewards gives 0 / 0; the advantage of an all-equal group is 0.
     safe = scored & (denom > 0)
     return torch.where(safe, dev / torch.where(safe, denom, torch.ones((), dtype=dtype, device=r.device)), zero)

@@ -13,7 +13,7 @@ import torch
 
 from ..aggregation import LOSS_AGG_MODES, check_agg_mode
 from ..errors import ESPOInputError
-from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, finite_on
+from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, dtype_name, finite_on
 
 __all__ = ["LOSS_AGG_MODES", "check_agg_mode", "agg_weights", "agg_loss"]
 
@@ -73,11 +73,19 @@ def agg_loss(per_token, mask, mode: str, max_len: int | None = None, *,
     Returns a 0-d tensor (the core returns a float), differentiable w.r.t. ``per_token``
     (d / d per_token = the weights, 0 on padding); float64 for float64 input, else float32.
     Padding positions of ``per_token`` may hold anything (NaN included; replaced by 0 with
-    ``torch.where`` before any arithmetic); response positions must be finite.
+    ``torch.where`` before any arithmetic); response positions must be finite. A sum beyond
+    the range of the dtype is an error naming ``per_token`` (a sync, if ``validate``).
     """
     values = as_real_tensor(per_token, "per_token", ndim=2)
     m = as_mask(mask, "mask", tuple(values.shape), device=values.device, validate=validate)
     dtype = compute_dtype(values)
     check_agg_mode(mode, max_len)
     weights = _agg_weights(m, mode, max_len, dtype, validate)
-    return torch.sum(weights * finite_on(values, m, "per_token", dtype, validate))
+    values = finite_on(values, m, "per_token", dtype, validate)
+    total = torch.sum(weights * values)
+    if validate and not bool(torch.isfinite(total.detach())):
+        raise ESPOInputError(
+            f"per_token: the aggregated loss overflows {dtype_name(dtype)} (values up to "
+            f"{float(values.detach()[m].abs().max()):.6g} in magnitude)"
+        )
+    return total

@@ -14,9 +14,10 @@ float32; other inputs are moved to logp's device. Per-token fields are detached 
 ``validate`` (keyword-only, default True) runs the core's checks with its messages (host
 syncs); ``validate=False`` skips them, and the loss then makes no host-device sync.
 ``metrics`` are Python floats fetched in one transfer after the loss is built (one sync).
-A ratio that overflows the compute dtype is an error (float32: log-ratio above ~88.7,
-where float64 allows ~709: a range limit of the dtype, not a change of semantics); for the
-same reason ``approx_kl`` (expm1 of the raw log-ratio) is inf in float32 beyond ~88.7.
+A ratio, log-ratio or loss that overflows the compute dtype is an error (float32: log-ratio
+above ~88.7, where float64 allows ~709: a range limit of the dtype, not a change of
+semantics). A metric whose sum leaves the dtype's range is summed again in float64 (the
+k3 mean from the float64 raw log-ratio, as the core).
 In float32 the clip and clamp decisions compare float32 values with the bound rounded to
 float32, so they can differ from the core's float64 decision within an ulp of a bound.
 """
@@ -37,13 +38,16 @@ from ..baselines import (
     _config,
 )
 from ..result import LossResult
-from ._checks import advantages_2d, token_inputs
+from ._checks import advantages_2d, bound, token_inputs
+from ._checks import log_ratio as checked_log_ratio
+from ._segments import in_range, power_of_two_above
+from ._stable import approx_kl, finite_mean, k3
 from .aggregation import _agg_weights
-from .objective import clipped_surrogate, exp_ratio
+from .objective import check_loss, clipped_surrogate, exp_ratio, ratio_and_advantage, raw_log_ratio
 
 __all__ = [
     "GSPO_LEVELS", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig",
-    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "clamp_log_ratio", "exp_ratio",
+    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "row_mean_to_tokens", "clamp_log_ratio", "exp_ratio",
     "token_log_ratio", "baseline_metrics", "ppo_clip_token_loss", "grpo_loss", "dapo_loss",
     "gspo_loss", "gmpo_clipped_log_ratio", "gmpo_loss", "cispo_loss",
 ]
@@ -70,13 +74,45 @@ def row_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the response tokens of each row, [B] (0 for an empty row)."""
-    return row_sum(values, mask) / mask.sum(dim=1).clamp(min=1).to(values.dtype)
+    """Mean over the response tokens of each row, [B] (0 for an empty row). Summed scaled by
+    2**-k (2**k >= T) over the scaled length: the value of sum / L in the normal range (exact
+    power-of-two scaling), and no sum of finite values leaves the float range (the core's
+    fallback, without computing twice or a host sync)."""
+    lengths = mask.sum(dim=1).clamp(min=1).to(values.dtype)
+    k = power_of_two_above(mask.shape[1])
+    if k == 0:
+        return row_sum(values, mask) / lengths
+    return in_range(row_sum(values * 2.0 ** -k, mask) / (lengths * 2.0 ** -k))
 
 
 def to_tokens(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-row value [B] to the response tokens [B, T] (0 on padding)."""
     return torch.where(mask, per_row[:, None], _zero(per_row))
+
+
+class _RowMeanToTokens(torch.autograd.Function):
+    """``to_tokens(row_mean(values, mask), mask)`` whose backward is the row mean of the incoming
+    gradient on the row's tokens: (sum_t g_t) / L taken as a mean, so that a row sum beyond the
+    float range (float32 gradients near its maximum) does not overflow where the gradient
+    itself fits. The same derivative, 1 / L per token, as autograd through the two ops."""
+
+    @staticmethod
+    def forward(ctx, values, mask):
+        ctx.save_for_backward(mask)
+        return to_tokens(row_mean(values, mask), mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return to_tokens(row_mean(grad, mask), mask), None
+
+
+def row_mean_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[BASE-GSPO-SEQ] [BASE-GMPO] Each token carries its row's mean of ``values`` (0 on
+    padding), differentiable with an overflow-safe backward (``_RowMeanToTokens``)."""
+    if not values.requires_grad:
+        return to_tokens(row_mean(values, mask), mask)
+    return _RowMeanToTokens.apply(values, mask)
 
 
 def clamp_log_ratio(log_value: torch.Tensor, mask: torch.Tensor, low, high):
@@ -90,13 +126,13 @@ def clamp_log_ratio(log_value: torch.Tensor, mask: torch.Tensor, low, high):
     if low is not None:
         below = mask & (log_value < low)
         clamped = clamped | below
-        log_value = torch.where(below, torch.full((), low, dtype=log_value.dtype, device=log_value.device),
-                                log_value)
+        log_value = torch.where(below, torch.full((), bound(low, log_value.dtype), dtype=log_value.dtype,
+                                                  device=log_value.device), log_value)
     if high is not None:
         above = mask & (log_value > high)
         clamped = clamped | above
-        log_value = torch.where(above, torch.full((), high, dtype=log_value.dtype, device=log_value.device),
-                                log_value)
+        log_value = torch.where(above, torch.full((), bound(high, log_value.dtype), dtype=log_value.dtype,
+                                                  device=log_value.device), log_value)
     return torch.where(mask, log_value, _zero(log_value)), clamped
 
 
@@ -107,25 +143,28 @@ def token_log_ratio(lp, olp, mask, config):
 
 
 def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
-                     extra_counts: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                     extra_counts: dict[str, torch.Tensor] | None = None, raw_log_r=None) -> dict[str, float]:
     """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
     the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
 
     ``extra_counts`` (keyword-only): more token counts, reported as fractions of N_tok after
     the common keys (``clipfrac_dual``, ``capped_frac``), fetched in the same single
-    device-to-host transfer. Python floats, computed in the dtype of ``ratio``.
+    device-to-host transfer. Python floats, computed in the dtype of ``ratio``. Every value
+    is finite: a mean whose sum leaves the range of the dtype is summed again in float64,
+    scaled, and ``approx_kl`` falls back to log space from the float64 raw log-ratio
+    (``raw_log_r``, keyword-only: a callable giving it; default ``log_r``) and saturates at
+    the largest float64 (more syncs, only then).
     """
     extra_counts = extra_counts or {}
     ratio = ratio.detach()
     log_r = log_r.detach()
-    k3 = torch.where(mask, torch.expm1(log_r) - log_r, _zero(log_r))
+    k3_values = torch.where(mask, k3(log_r), _zero(log_r))
+    neg_log_r = torch.where(mask, -log_r, _zero(log_r))
     counts = torch.stack([
         mask.sum(), mask.any(dim=1).sum(), (clipped_high | clipped_low).sum(), clipped_high.sum(),
         clipped_low.sum(), clamped.sum(), *(c.sum() for c in extra_counts.values()),
     ])
-    sums = torch.stack([
-        torch.where(mask, ratio, _zero(ratio)).sum(), k3.sum(), -torch.where(mask, log_r, _zero(log_r)).sum(),
-    ])
+    sums = torch.stack([torch.where(mask, ratio, _zero(ratio)).sum(), k3_values.sum(), neg_log_r.sum()])
     host = torch.cat([counts.to(torch.float64), sums.to(torch.float64)]).tolist()
     tokens, responses, n_clip, n_high, n_low, n_clamped = host[:6]
     extra = host[6:6 + len(extra_counts)]
@@ -134,8 +173,8 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
     def frac(num):  # a batch without tokens is rejected upstream unless validate=False
         return num / tokens if tokens else float("nan")
 
-    def mean(num):
-        return num / tokens if tokens else 0.0
+    def mean(num, values):
+        return finite_mean(num / tokens, values, mask) if tokens else 0.0
 
     metrics = {
         "tokens": tokens,
@@ -144,9 +183,9 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
         "clipfrac_high": frac(n_high),
         "clipfrac_low": frac(n_low),
         "clamped_frac": frac(n_clamped),
-        "ratio_mean": mean(ratio_sum),
-        "approx_kl": mean(k3_sum),
-        "ppo_kl": mean(k1_sum),
+        "ratio_mean": mean(ratio_sum, ratio),
+        "approx_kl": approx_kl(mean(k3_sum, k3_values), raw_log_r if raw_log_r is not None else log_r, mask),
+        "ppo_kl": mean(k1_sum, neg_log_r),
     }
     for name, n in zip(extra_counts, extra):
         metrics[name] = frac(n)
@@ -191,6 +230,7 @@ def ppo_clip_token_loss(ratio, adv, mask, eps_low, eps_high, dual_clip):
 
 def _ppo_clip_loss(logp, old_logp, mask, advantages, config, validate) -> LossResult:
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    raw = checked_log_ratio(lp.detach(), olp, m, validate)
     log_r, clamped = token_log_ratio(lp, olp, m, config)
     ratio = exp_ratio(log_r, m, validate=validate)
     per_token, clipped_high, clipped_low, dual = ppo_clip_token_loss(
@@ -201,8 +241,10 @@ def _ppo_clip_loss(logp, old_logp, mask, advantages, config, validate) -> LossRe
     ratio = ratio.detach()
     passes = m & ~clipped_high & ~clipped_low & ~dual & ~clamped
     grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
-    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped,
-                               extra_counts={"clipfrac_dual": dual})
+    if validate:
+        check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
+    metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"clipfrac_dual": dual},
+                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, raw))
     extras = {"clamped": clamped, "dual_clipped": dual, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
 
@@ -238,9 +280,9 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     """
     config = _config(config, GSPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
-    log_r = lp - olp
+    log_r = checked_log_ratio(lp, olp, m, validate)
     sequence = config.level == "sequence"
-    log_s = to_tokens(row_mean(log_r if sequence else log_r.detach(), m), m)
+    log_s = row_mean_to_tokens(log_r if sequence else log_r.detach(), m)
     log_s, clamped = clamp_log_ratio(log_s, m, None, config.log_ratio_clamp)
     ratio = exp_ratio(log_s, m, validate=validate)
     if not sequence and log_r.requires_grad:
@@ -257,7 +299,10 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
     if sequence:
         grad = to_tokens(row_mean(grad, m), m)
-    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped)
+    if validate:
+        check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
+    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped,
+                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
     extras = {"clamped": clamped, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_s, extras)
 
@@ -278,7 +323,7 @@ def gmpo_clipped_log_ratio(log_r, adv, mask, eps_low, eps_high):
     d = log_r.detach()
     clipped_high = mask & (adv > 0) & (d > eps_high)
     clipped_low = mask & (adv < 0) & (d < -eps_low)
-    full = lambda v: torch.full((), v, dtype=log_r.dtype, device=log_r.device)  # noqa: E731
+    full = lambda v: torch.full((), bound(v, log_r.dtype), dtype=log_r.dtype, device=log_r.device)  # noqa: E731
     clipped = torch.where(clipped_high, full(eps_high),
                           torch.where(clipped_low, full(-eps_low),
                                       torch.where(mask & (adv != 0), log_r, _zero(log_r))))
@@ -297,11 +342,11 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     """
     config = _config(config, GMPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
-    log_r = lp - olp
+    log_r = checked_log_ratio(lp, olp, m, validate)
     clipped_lr, clipped_high, clipped_low = gmpo_clipped_log_ratio(
         log_r, adv, m, config.eps_low, config.eps_high
     )
-    log_ratio = to_tokens(row_mean(clipped_lr, m), m)
+    log_ratio = row_mean_to_tokens(clipped_lr, m)
     ratio = exp_ratio(log_ratio, m, GMPO_OVERFLOW_REMEDY, validate=validate)
     adv_seq = to_tokens(row_mean(adv, m), m)
     per_token = -adv_seq * ratio
@@ -312,12 +357,21 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     lengths = m.sum(dim=1).clamp(min=1).to(weight.dtype)[:, None]
     passes = m & (adv != 0) & ~clipped_high & ~clipped_low
     grad = torch.where(passes, row_weight * per_token / lengths, _zero(per_token))
-    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, torch.zeros_like(m))
+    if validate:
+        check_loss(loss, grad, lambda: ratio_and_advantage(adv_seq, ratio.detach(), m))
+    metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, torch.zeros_like(m),
+                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
     extras = {"clipped_log_ratio": clipped_lr.detach(), "advantage_seq": adv_seq, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_ratio, extras)
 
 
 # --- CISPO -------------------------------------------------------------------------------
+
+
+def cispo_sizes(adv, is_weight, lp, mask) -> str:
+    """[BASE-INPUT] The sizes a CISPO loss overflow is reported with (the core's text)."""
+    return (f"advantages up to {float(adv[mask].abs().max()):.6g} in magnitude times weights up to "
+            f"{float(is_weight[mask].max()):.6g} times |logp| up to {float(lp.detach()[mask].abs().max()):.6g}")
 
 
 def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = None, *,
@@ -330,10 +384,11 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     """
     config = _config(config, CISPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
+    raw = checked_log_ratio(lp.detach(), olp, m, validate)
     log_r, clamped = token_log_ratio(lp.detach(), olp, m, config)
     ratio = exp_ratio(log_r, m, validate=validate)
     low, high = 1.0 - config.eps_low, 1.0 + config.eps_high
-    is_weight = torch.where(m, torch.clamp(ratio, low, high), _zero(ratio))
+    is_weight = torch.where(m, torch.clamp(ratio, bound(low, ratio.dtype), bound(high, ratio.dtype)), _zero(ratio))
     clipped_high = m & (adv > 0) & (ratio > high)
     clipped_low = m & (adv < 0) & (ratio < low)
     capped = m & ((ratio > high) | (ratio < low))
@@ -341,8 +396,10 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     weight = _agg_weights(m, config.loss_agg_mode, config.max_len, lp.dtype, validate)
     loss = torch.sum(weight * per_token)
     grad = torch.where(m, -weight * is_weight * adv, _zero(is_weight))
-    metrics = baseline_metrics(m, ratio, lp - olp, clipped_high, clipped_low, clamped,
-                               extra_counts={"capped_frac": capped})
+    if validate:
+        check_loss(loss, grad, lambda: cispo_sizes(adv, is_weight, lp, m))
+    metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"capped_frac": capped},
+                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, raw))
     extras = {"clamped": clamped, "is_weight": is_weight, "capped": capped,
               "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)

@@ -6,20 +6,46 @@ from __future__ import annotations
 import torch
 
 from ..config import ESPOConfig, check_config
-from ._checks import as_real_tensor, coerce, compute_dtype, entropy_in_range, finite_on
+from ..errors import ESPOInputError
+from ._checks import as_real_tensor, coerce, compute_dtype, dtype_name, entropy_in_range, finite_on, first_index
 from ._segments import Segments
 from .grouping import check_groups, trained_tokens
 
 
-def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig) -> torch.Tensor:
+def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig,
+                    validate: bool = True) -> torch.Tensor:
     """Eq. 8 from the response segments ``seg`` and the trained segments ``trained_seg``;
     ``ent`` is 0 on padding."""
     scale = config.alpha / config.log_vocab
     if config.eps_reading == "group_mean":
-        return scale * seg.to_tokens(seg.means(ent, clean=True))
+        mean = seg.to_tokens(seg.means(ent, clean=True))
+        return finite_eps(scale * mean, mean, seg.include, config, validate)
     k = trained_seg.groups_per_row()
+    share = ent / k.clamp(min=1).to(ent.dtype)[:, None]
     eps = scale * ent / k.clamp(min=1).to(ent.dtype)[:, None]
-    return torch.where(seg.include, eps, torch.zeros((), dtype=ent.dtype, device=ent.device))
+    return finite_eps(eps, share, seg.include, config, validate)
+
+
+def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor, config: ESPOConfig,
+               validate: bool = True) -> torch.Tensor:
+    """[ESPO-CLIP] eps = alpha / log|V| * e, and where that leaves the float range (alpha /
+    log|V| alone may overflow) alpha * (e / log|V|), 0 on padding; an epsilon still beyond
+    the range of the compute dtype is an error naming ``alpha`` (a sync, if ``validate``).
+    Skipped (no work) when the config bounds eps well inside the dtype's range."""
+    top = float(torch.finfo(eps.dtype).max)
+    if config.alpha * (config.log_vocab + config.entropy_tolerance) < 0.5 * top * config.log_vocab:
+        return eps  # alpha e / log|V| <= alpha (log|V| + tol) / log|V| cannot reach the dtype's range
+    zero = torch.zeros((), dtype=eps.dtype, device=eps.device)
+    eps = torch.where(torch.isfinite(eps), eps, config.alpha * (entropy / config.log_vocab))
+    eps = torch.where(response, eps, zero)
+    if validate:
+        bad = ~torch.isfinite(eps)
+        if bool(bad.any()):
+            raise ESPOInputError(
+                f"alpha = {config.alpha!r} is too large: the clip range alpha * e / log(vocab_size) "
+                f"overflows {dtype_name(eps.dtype)} at response position {first_index(bad)}"
+            )
+    return eps
 
 
 def _segments(g: torch.Tensor, config: ESPOConfig, width: int | None):
@@ -34,24 +60,31 @@ def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True
 
     With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
     K_i the number of trained groups of response i. 0 on padding. float64 for float64
-    entropy, else float32. The number of groups is read from ``groups`` (a host sync).
+    entropy, else float32. The number of groups is read from ``groups`` (a host sync). An
+    epsilon beyond the range of the dtype (a huge ``alpha``) is an error naming ``alpha``.
+    The entropy is a constant (detached).
     """
     check_config(config, ESPOConfig)
-    ent = as_real_tensor(entropy, "entropy", ndim=2)
+    ent = as_real_tensor(entropy, "entropy", ndim=2).detach()
     g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)
     if validate:
         entropy_in_range(ent, g >= 0, config.log_vocab, config.entropy_tolerance)
     ent = ent.clamp(min=0.0)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
-    return _group_clip_eps(ent, *_segments(g, config, None), config)
+    return _group_clip_eps(ent, *_segments(g, config, None), config, validate)
 
 
-def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig):
+def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig,
+                 validate: bool = True):
     if config.clip == "adaptive":
-        eps = _group_clip_eps(ent, seg, trained_seg, config)
+        eps = _group_clip_eps(ent, seg, trained_seg, config, validate)
         return eps, eps
     response = seg.include
     zero = torch.zeros((), dtype=ent.dtype, device=ent.device)
+    for name in ("eps_low", "eps_high"):  # reported per token: a value the dtype cannot hold is an error
+        if abs(getattr(config, name)) > torch.finfo(ent.dtype).max:
+            raise ESPOInputError(f"{name} = {getattr(config, name)!r} does not fit {dtype_name(ent.dtype)}, "
+                                 f"the dtype of the clip offsets it is reported in")
     return (torch.where(response, torch.full((), config.eps_low, dtype=ent.dtype, device=ent.device), zero),
             torch.where(response, torch.full((), config.eps_high, dtype=ent.dtype, device=ent.device), zero))
 

@@ -11,6 +11,7 @@ import torch
 from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP, LOW_GROUP, PADDING
+from ..grouping import decimal_fraction
 from ..grouping import high_group_size as _numpy_high_group_size
 from ._checks import (as_mask, as_real_tensor, check_shape, coerce, compute_dtype, entropy_in_range,
                       finite_on, host_array, is_integer)
@@ -61,9 +62,7 @@ def high_group_size(lengths, top_fraction: float, *, validate: bool = True) -> t
     t, _ = coerce(lengths)
     if t is None or not is_integer(t.dtype) or (t.numel() and bool((t < 0).any())):
         raise ESPOInputError(f"lengths must be non-negative integers, got {np.asarray(host_array(t) if t is not None else lengths)!r}")
-    rho = Fraction(repr(float(top_fraction)))
-    if not 0 < rho <= 1:
-        raise ESPOInputError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    rho = decimal_fraction(top_fraction)
     bound = int(t.max()) if t.numel() else 0
     return _high_group_size(t, rho, bound)
 
@@ -145,8 +144,8 @@ def _entropy_ranges(entropy: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
 def validate_entropy(entropy, mask, config: ESPOConfig, name: str = "entropy", device=None,
                      validate: bool = True):
     """Validated entropy [B, T] (padding zeroed; float64 stays float64, anything else is
-    float32) and the boolean mask."""
-    ent = as_real_tensor(entropy, name, ndim=2, device=device)
+    float32) and the boolean mask. Detached: the entropy is a constant [ESPO-OBJ]."""
+    ent = as_real_tensor(entropy, name, ndim=2, device=device).detach()
     m = as_mask(mask, "mask", tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, m, name, compute_dtype(ent), validate)
     if validate:

@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from ..config import is_integer_number, is_real_number
 from ..errors import ESPOInputError
 
 __all__ = [
@@ -90,9 +91,7 @@ def triton_available() -> bool:
 
 
 def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        math.isfinite(temperature) and temperature > 0
-    ):
+    if not is_real_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
         raise ESPOInputError(f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
 
@@ -100,9 +99,9 @@ def _check_temperature(temperature) -> float:
 def _check_chunk(chunk_size, vocab_size: int) -> int:
     if chunk_size is None:
         return default_chunk_size(vocab_size)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if not is_integer_number(chunk_size) or chunk_size < 1:
         raise ESPOInputError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
-    return chunk_size
+    return int(chunk_size)
 
 
 def _check_float(x, name: str, ndim: int) -> None:

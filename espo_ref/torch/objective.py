@@ -8,10 +8,13 @@ import torch
 from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
+from .._checks import loss_overflow
 from ..objective import CLAMP_REMEDY
 from ..result import LossResult
-from ._checks import advantages_2d, as_real_tensor, check_shape, coerce, first_index, token_inputs
+from ._checks import (advantages_2d, as_real_tensor, bound, check_shape, coerce, dtype_name, first_index,
+                      log_ratio, token_inputs)
 from ._segments import Segments
+from ._stable import approx_kl, finite_mean, k3
 from .clipping import _clip_bounds, _segments
 from .grouping import _entropy_groups, group_width, validate_entropy
 from .ratio import _group_log_ratio
@@ -33,7 +36,7 @@ def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, remedy: str = CLAMP_R
             dtype = str(ratio.dtype).replace("torch.", "")
             raise ESPOInputError(
                 f"logp - old_logp gives a ratio that overflows {dtype} at response position {idx} "
-                f"(log value {float(log_value[tuple(idx)]):.6g}); {remedy}"
+                f"(log value {float(log_value.detach()[tuple(idx)]):.6g}); {remedy}"
             )
     return ratio
 
@@ -56,7 +59,7 @@ def token_ratio(log_s, log_r, mask, config: ESPOConfig, *, validate: bool = True
         clamped = torch.zeros_like(mask)
     else:
         clamped = mask & (log_value > config.log_ratio_clamp)
-        log_value = log_value.clamp(max=config.log_ratio_clamp)
+        log_value = log_value.clamp(max=bound(config.log_ratio_clamp, log_value.dtype))
     value = exp_ratio(log_value, mask, validate=validate)
     if not log_r.requires_grad:
         return value, clamped
@@ -79,6 +82,8 @@ def clipped_surrogate(ratio, adv, eps_low, eps_high, trained):
     hi = 1.0 + eps_high
     clipped_high = trained & (adv > 0) & (r > hi)
     clipped_low = trained & (adv < 0) & (r < lo)
+    if not isinstance(lo, torch.Tensor):  # a Python bound beyond the dtype saturates (same decisions)
+        lo, hi = bound(lo, r.dtype), bound(hi, r.dtype)
     surrogate = torch.where(clipped_high | clipped_low, torch.clamp(r, lo, hi) * adv, ratio * adv)
     return torch.where(trained, surrogate, _zero(surrogate)), clipped_high, clipped_low
 
@@ -109,12 +114,16 @@ def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.flo
 
 
 def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                 clipped_low, clamped, config: ESPOConfig, k=None) -> dict[str, float]:
+                 clipped_low, clamped, config: ESPOConfig, k=None, *, raw_log_r=None) -> dict[str, float]:
     """[ESPO-METRICS] Diagnostics of Figs. 3-5: clip fractions over all response tokens,
     split into the high-entropy bucket (group 0) and the rest, and per-group epsilons.
 
     Python floats: every count and sum is computed on the device and all of them cross to
-    the host in one transfer (one sync).
+    the host in one transfer (one sync). Every value is finite: a mean whose sum leaves the
+    range of the dtype is summed again in float64, scaled, and ``approx_kl`` falls back to log
+    space from the float64 raw log-ratio (``raw_log_r``, keyword-only: a callable giving it,
+    as the core computes it; default ``log_r`` in float64) and saturates at the largest
+    float64. The fallbacks cost more syncs, only when a sum is not finite.
     """
     clipped = clipped_high | clipped_low
     high = mask & (groups == HIGH_GROUP) if config.grouping != "token" else mask
@@ -122,7 +131,8 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
     rows = mask.any(dim=1)
     if k is None:
         k = Segments(groups, trained).groups_per_row()
-    kl = torch.where(mask, torch.expm1(log_r) - log_r, _zero(log_r))
+    log_r = log_r.detach()
+    kl = torch.where(mask, k3(log_r), _zero(log_r))
 
     # count_nonzero and a product are exact and several times faster than a bool .sum()
     # (which copies to int64) and a where().sum() on CPU; values are finite off the mask.
@@ -147,8 +157,8 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
     def frac(num, den):  # a batch without tokens is rejected upstream unless validate=False
         return num / den if den else float("nan")
 
-    def mean(num, count):
-        return num / count if count else 0.0
+    def mean(num, count, values, where):
+        return finite_mean(num / count, values, where) if count else 0.0
 
     return {
         "tokens": float(tokens),
@@ -156,21 +166,45 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
         "clipfrac": frac(n_clip, tokens),
         "clipfrac_high": frac(n_high_clip, tokens),
         "clipfrac_low": frac(n_low_clip, tokens),
-        "clipfrac_high_group": mean(n_clip_hi_bucket, n_hi_bucket),
-        "clipfrac_low_group": mean(n_clip_lo_bucket, n_lo_bucket),
+        "clipfrac_high_group": n_clip_hi_bucket / n_hi_bucket if n_hi_bucket else 0.0,
+        "clipfrac_low_group": n_clip_lo_bucket / n_lo_bucket if n_lo_bucket else 0.0,
         "clamped_frac": frac(n_clamped, tokens),
-        "eps_mean_high_group": mean(eps_hi, n_hi_bucket),
-        "eps_mean_low_group": mean(eps_lo, n_lo_bucket),
+        "eps_mean_high_group": mean(eps_hi, n_hi_bucket, eps_high, high),
+        "eps_mean_low_group": mean(eps_lo, n_lo_bucket, eps_high, low),
         "high_group_tokens": float(n_hi_bucket),
         "low_group_tokens": float(n_lo_bucket),
         "trained_tokens": float(n_trained),
         "groups_mean": frac(k_sum, responses),
-        "entropy_mean": mean(ent_all, tokens),
-        "entropy_mean_high_group": mean(ent_hi, n_hi_bucket),
-        "entropy_mean_low_group": mean(ent_lo, n_lo_bucket),
-        "ratio_mean": mean(ratio_sum, n_trained),
-        "approx_kl": mean(kl_sum, tokens),
+        "entropy_mean": mean(ent_all, tokens, entropy, mask),
+        "entropy_mean_high_group": mean(ent_hi, n_hi_bucket, entropy, high),
+        "entropy_mean_low_group": mean(ent_lo, n_lo_bucket, entropy, low),
+        "ratio_mean": mean(ratio_sum, n_trained, ratio, trained),
+        "approx_kl": approx_kl(mean(kl_sum, tokens, kl, mask),
+                               raw_log_r if raw_log_r is not None else (lambda: log_r), mask),
     }
+
+
+def raw_log_ratio(lp: torch.Tensor, olp: torch.Tensor, mask: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+    """[ESPO-METRICS] logp - old_logp in float64 for the metrics, as the core computes it (the float64
+    difference of the inputs, not the float32 one), detached; 0 on padding."""
+    if log_r.dtype == torch.float64:
+        return log_r.detach()
+    return torch.where(mask, lp.detach().to(torch.float64) - olp.to(torch.float64),
+                       torch.zeros((), dtype=torch.float64, device=lp.device))
+
+
+def ratio_and_advantage(adv: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor) -> str:
+    """[ESPO-INPUT] The sizes a loss overflow is reported with (the core's text): the largest |advantage|
+    and ratio."""
+    return (f"advantages up to {float(adv[mask].abs().max()):.6g} in magnitude "
+            f"times ratios up to {float(ratio[mask].max()):.6g}")
+
+
+def check_loss(loss: torch.Tensor, grad: torch.Tensor, what) -> None:
+    """[ESPO-INPUT] [BASE-INPUT] A loss or gradient beyond the range of the compute dtype is an
+    error (one host sync); ``what()`` gives the sizes to report."""
+    if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad).all()):
+        raise loss_overflow(what(), dtype_name(grad.dtype))
 
 
 def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
@@ -182,7 +216,9 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     stop-gradients of Eq. 9 (entropy, old_logp and advantages are constants), equal to
     the analytic ``grad`` field. Computed in float64 for float64 logp, else in float32
     (bfloat16/float16 upcast); per-token fields are detached tensors of that dtype on
-    logp's device (other inputs are moved there). ``validate=True`` runs the core's checks
+    logp's device (other inputs are moved there); old_logp, entropy and advantages are
+    detached, so passing old_logp = logp (the first update) gives the same gradient as a
+    detached copy. ``validate=True`` runs the core's checks
     with its messages, at the cost of a few host syncs; ``validate=False`` skips them (no
     sync in the loss; inputs the core rejects then give unspecified values). ``metrics``
     are Python floats, fetched in one sync after the loss is built.
@@ -198,10 +234,10 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     seg, trained_seg = _segments(groups, config, group_width(config, lp.shape[1]))
     trained = trained_seg.include
     ent = ent.to(dtype)
-    log_r = lp - olp
+    log_r = log_ratio(lp, olp, m, validate)
     log_s = _group_log_ratio(log_r.detach(), seg)
     ratio, clamped = token_ratio(log_s, log_r, m, config, validate=validate)
-    eps_low, eps_high = _clip_bounds(ent, seg, trained_seg, config)
+    eps_low, eps_high = _clip_bounds(ent, seg, trained_seg, config, validate)
     surrogate, clipped_high, clipped_low = clipped_surrogate(ratio, adv, eps_low, eps_high, trained)
     weight, k = _aggregation_weights(trained_seg, m, dtype, validate)
 
@@ -209,9 +245,10 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     ratio = ratio.detach()
     passes = trained & ~clipped_high & ~clipped_low & ~clamped
     grad = torch.where(passes, -weight * adv * ratio, _zero(ratio))
-    log_r = log_r.detach()
-    metrics = espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high,
-                           clipped_low, clamped, config, k)
+    if validate:
+        check_loss(objective, grad, lambda: ratio_and_advantage(adv, ratio, m))
+    metrics = espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high, clipped_low,
+                           clamped, config, k, raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
     return LossResult(
         loss=-objective,
         grad=grad,
