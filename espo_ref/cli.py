@@ -31,14 +31,15 @@ def _conform(args: argparse.Namespace) -> int:
                                  profile=args.profile, fields=fields, properties=args.property,
                                  timeout=args.timeout, isolate=not args.no_isolation)
     except SetupError as exc:
-        print(f"espo-ref conform: {exc}", file=sys.stderr)
+        message = str(exc)
+        print(f"espo-ref conform: {message}", file=sys.stderr)
         if args.verbose:
             import traceback
 
             traceback.print_exc()
         for option, write in (("report", lambda path: write_report(
-                None, path, {"error": str(exc), "conformant": False, "counts": {}, "cases": []})),
-                              ("junit", lambda path: write_junit(None, path, error=str(exc)))):
+                None, path, {"error": message, "conformant": False, "counts": {}, "cases": []})),
+                              ("junit", lambda path: write_junit(None, path, error=message))):
             path = getattr(args, option)
             try:
                 if path:
@@ -157,7 +158,13 @@ def main(argv=None) -> int:
 
     add_train_parsers(sub)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # what parse_args does, except that train and demo say it in one line
+        message = f"unrecognized arguments: {' '.join(extra)}"
+        if args.command in ("train", "demo"):
+            print(f"espo-ref {args.command}: error: {message} (see espo-ref {args.command} --help)", file=sys.stderr)
+            return 2
+        parser.error(message)
     return args.handler(args)
 
 

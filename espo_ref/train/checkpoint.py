@@ -7,13 +7,22 @@ a temporary name and renamed into place; then ``checkpoints/latest.json`` (writt
 atomically) points at it. A reader therefore sees the previous checkpoint or the new one,
 never a part. Tensors are read back with ``torch.load(..., weights_only=True)``: nothing
 is unpickled but tensors and plain containers.
+
+Safety: ``latest.json`` may only name a ``step-NNNNNN`` folder inside the same
+``checkpoints/`` folder; a temporary folder ``.step-NNNNNN.tmp-PID`` left by a process
+killed while it wrote a checkpoint is removed on the next start or resume of the run
+(``remove_stale_temp``), never one of a process that is still alive. A write that fails
+(a full disk) raises ``CheckpointWriteError`` naming the path and the cause; the previous
+checkpoint stays the latest.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,12 +30,20 @@ import numpy as np
 import torch
 
 from .._io import write_atomic
+from .errors import CheckpointWriteError, TrainInputError, describe_os_error, os_error_in
 
 LATEST = "latest.json"
+STEP_DIR = re.compile(r"step-\d{6,}")
+TEMP_DIR = re.compile(r"\.step-\d{6,}\.tmp-(\d+)")
+
+
+def _writer(path: Path):
+    """The file a tensor file is written through (a seam for the disk-full test)."""
+    return open(path, "wb")
 
 
 def _save_tensor_file(obj, path: Path) -> None:
-    with open(path, "wb") as f:
+    with _writer(path) as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
@@ -63,8 +80,23 @@ def save_checkpoint(ckpt_dir, step: int, model, optimizer, config_dict: dict, st
     """Write the checkpoint of ``step`` atomically, point latest.json at it, and keep the
     newest ``keep`` checkpoints (0: keep all)."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / step_dir_name(step)
+    try:
+        return _save_checkpoint(ckpt_dir, final, step, model, optimizer, config_dict, state, keep)
+    except (OSError, RuntimeError) as e:
+        cause = os_error_in(e)
+        if cause is None:
+            raise
+        try:
+            last = latest_checkpoint(ckpt_dir)
+        except TrainInputError:
+            last = None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before"
+        raise CheckpointWriteError(f"cannot write checkpoint {final}: {describe_os_error(cause)}; {kept}") from e
+
+
+def _save_checkpoint(ckpt_dir: Path, final: Path, step, model, optimizer, config_dict, state, keep) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -84,29 +116,110 @@ def save_checkpoint(ckpt_dir, step: int, model, optimizer, config_dict: dict, st
         raise
     write_atomic(ckpt_dir / LATEST, json.dumps({"step": step, "path": final.name}) + "\n")
     if keep:
-        kept = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: p.name)
+        kept = sorted((p for p in ckpt_dir.iterdir() if STEP_DIR.fullmatch(p.name) and p.is_dir()
+                       and not p.is_symlink()), key=lambda p: int(p.name[len("step-"):]))
         for old in kept[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True  # unknown: keep the folder
+    return True
+
+
+def remove_stale_temp(ckpt_dir) -> list[Path]:
+    """Remove the temporary checkpoint folders ``.step-NNNNNN.tmp-PID`` of processes that
+    are no longer alive (a kill during a checkpoint write leaves one, as large as a
+    checkpoint). Nothing else is touched. Returns the folders removed."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    removed = []
+    for entry in sorted(ckpt_dir.iterdir()):
+        found = TEMP_DIR.fullmatch(entry.name)
+        if not found or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(found.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue  # a live process may be writing it
+        shutil.rmtree(entry)
+        removed.append(entry)
+    return removed
+
+
 def latest_checkpoint(ckpt_dir) -> Path | None:
-    pointer = Path(ckpt_dir) / LATEST
+    """The checkpoint folder ``latest.json`` points at, or None without a latest.json. The
+    pointer must name a ``step-NNNNNN`` folder directly inside ``ckpt_dir`` (TrainInputError
+    otherwise: nothing outside the run's checkpoints folder is followed)."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / LATEST
     if not pointer.exists():
         return None
-    path = Path(ckpt_dir) / json.loads(pointer.read_text())["path"]
+    try:
+        name = json.loads(pointer.read_text(encoding="utf-8"))["path"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainInputError(f"{pointer}: not a checkpoint pointer ({type(e).__name__}: {e})") from None
+    if not isinstance(name, str) or not STEP_DIR.fullmatch(name):
+        raise TrainInputError(f"{pointer}: 'path' must name a step-NNNNNN folder inside {ckpt_dir}, got {name!r}; "
+                              f"refusing to follow it")
+    path = ckpt_dir / name
+    if path.is_symlink() or path.resolve().parent != ckpt_dir.resolve():
+        raise TrainInputError(f"{pointer} points at {path}, which leads outside {ckpt_dir}; refusing to follow it")
     if not path.is_dir():
-        raise FileNotFoundError(f"{pointer} points at {path}, which does not exist")
+        raise TrainInputError(f"{pointer} points at {path}, which does not exist")
     return path
+
+
+def _load_tensors(path: Path, map_location):
+    """torch.load with weights_only=True; a file that holds anything but tensors and plain
+    containers, or is not a torch file, is a TrainInputError naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise TrainInputError(f"{path}: cannot read ({e.strerror or e})") from e
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        found = next((line for line in lines if "GLOBAL" in line), None)
+        if found is not None:  # a pickle that would call or build something: refused, never run
+            raise TrainInputError(f"{path}: refused: the file holds objects other than tensors "
+                                  f"({found.rstrip('.')}); only plain tensor files are loaded (weights_only)") from e
+        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
+        detail = after[0] if after else (lines[0] if lines else type(e).__name__)
+        raise TrainInputError(f"{path}: not a torch tensor file ({detail})") from e
+    except Exception as e:  # a file that is not a torch file: KeyError, RuntimeError, EOFError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise TrainInputError(f"{path}: not a torch tensor file ({type(e).__name__}: {first})") from e
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """{'state': state.json, 'weights', 'optimizer', 'rng'} of a checkpoint folder."""
     path = Path(path)
-    load = lambda name: torch.load(path / name, map_location=map_location, weights_only=True)
-    return {"state": json.loads((path / "state.json").read_text()), "weights": load("weights.pt"),
-            "optimizer": load("optimizer.pt"), "rng": load("rng.pt"), "path": path}
+    return {"state": load_state(path), "weights": _load_tensors(path / "weights.pt", map_location),
+            "optimizer": _load_tensors(path / "optimizer.pt", map_location),
+            "rng": _load_tensors(path / "rng.pt", map_location), "path": path}
+
+
+def load_state(path) -> dict:
+    """A checkpoint's state.json (step, RNG states, the run's config), without its tensors."""
+    state_file = Path(path) / "state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TrainInputError(f"{state_file}: cannot read ({e.strerror or e})") from e
+    except ValueError as e:
+        raise TrainInputError(f"{state_file}: not valid JSON ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "step" not in state:
+        raise TrainInputError(f"{state_file}: not a checkpoint state (no 'step' and 'config')")
+    return state
 
 
 def load_weights(path, map_location="cpu") -> dict:
@@ -114,4 +227,7 @@ def load_weights(path, map_location="cpu") -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "weights.pt"
-    return torch.load(path, map_location=map_location, weights_only=True)
+    weights = _load_tensors(path, map_location)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise TrainInputError(f"{path}: not a state_dict (a dict of tensors), got {type(weights).__name__}")
+    return weights

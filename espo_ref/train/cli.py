@@ -1,5 +1,11 @@
 """``espo-ref train`` and ``espo-ref demo``: argument parsers and handlers.
 
+Exit status: 0 success; 1 the run's own negative result (a non-finite loss: the step, the
+mini-batch and the value are named) or a failure of the environment while the run wrote
+a checkpoint (a full disk: the path and 'no space left'; ``--resume`` continues once there
+is space); 2 a usage or input error (a flag, a file and its JSONL line, a run folder). The
+message is one line on stderr; ``-v`` adds the traceback.
+
 Importing this module is cheap (no torch, no transformers); the handlers import them.
 """
 
@@ -10,9 +16,24 @@ import json
 import sys
 from pathlib import Path
 
+# What ``espo-ref demo`` costs, measured (see the README's Train section).
+DEMO_TIME = ("about 3 min on a 2-core CPU (measured 2 min 52 s on an AMD EPYC, torch 2.13 CPU, November "
+             "2026; up to about 5 min on slower machines)")
+
 
 def _none_or_float(text: str):
     return None if text.lower() == "none" else float(text)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"max_operand\": 5}}', "
+                                         f"got {type(value).__name__} {text!r}")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -27,7 +48,7 @@ def _bool(text: str) -> bool:
 # told apart from the default (for --resume, which starts from the saved configuration).
 TRAIN_OPTIONS = [
     ("--task", "task", str, "arith, reverse, jsonl:PATH or a .jsonl path (default arith)"),
-    ("--task-options", "task_options", json.loads, 'JSON object of task options, e.g. \'{"max_operand": 5}\''),
+    ("--task-options", "task_options", _json_object, 'JSON object of task options, e.g. \'{"max_operand": 5}\''),
     ("--verifier", "verifier", str, "exact, numeric or module:function (fn(response, answer) -> float|bool|None)"),
     ("--model", "model", str, "tiny (built from a Qwen2 config) or a local Hugging Face model folder"),
     ("--model-hidden", "model_hidden", int, "tiny model width (default 64)"),
@@ -72,29 +93,83 @@ TRAIN_OPTIONS = [
 ]
 
 
+def _report(command: str, exc: BaseException, code: int, verbose: bool, text: str | None = None) -> int:
+    """One line on stderr (the traceback too with -v); returns the exit status."""
+    text = " ".join((text or str(exc)).split()) or type(exc).__name__
+    if code == 1 and not verbose and _unexpected(exc):
+        text = f"internal error: {type(exc).__name__}: {text} (run with -v for the traceback)"
+    print(f"espo-ref {command}: {text}", file=sys.stderr)
+    if verbose:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    return code
+
+
+def _unexpected(exc: BaseException) -> bool:
+    from .errors import CheckpointWriteError, NonFiniteLossError
+
+    return not isinstance(exc, (CheckpointWriteError, NonFiniteLossError, OSError))
+
+
+def _guarded(command: str, verbose: bool, body) -> int:
+    """Run ``body()`` and map what it raises to the exit status of [the module docstring]."""
+    from .errors import DISK_FULL, CheckpointWriteError, NonFiniteLossError, TrainInputError, describe_os_error
+
+    try:
+        return body()
+    except TrainInputError as e:
+        return _report(command, e, 2, verbose)
+    except (NonFiniteLossError, CheckpointWriteError) as e:
+        return _report(command, e, 1, verbose)
+    except OSError as e:
+        if e.errno in DISK_FULL:  # a full disk outside a checkpoint (metrics, plots, summary)
+            where = e.filename or "a file of the run"
+            return _report(command, e, 1, verbose, f"cannot write {where}: {describe_os_error(e)}")
+        return _report(command, e, 2, verbose)  # a missing or unreadable input file, an unwritable --out
+    except ValueError as e:  # an input the configuration or the reference refused
+        return _report(command, e, 2, verbose)
+    except Exception as e:  # a bug, or an error of the libraries underneath
+        return _report(command, e, 1, verbose)
+
+
+def _flagged(message: str) -> str:
+    """A TrainConfig message ("steps must be ...") with the flag of its field in front."""
+    flags = {field: flag for flag, field, _, _ in TRAIN_OPTIONS}
+    field = message.split(" ", 1)[0]
+    return f"{flags[field]}: {message}" if field in flags else message
+
+
 def _train(args: argparse.Namespace) -> int:
+    return _guarded("train", args.verbose, lambda: _train_body(args))
+
+
+def _train_body(args: argparse.Namespace) -> int:
+    from ..config import check_known_fields
     from .config import TrainConfig
-    from .trainer import NonFiniteLossError, train
+    from .errors import TrainInputError
+    from .trainer import train
 
     given = {field: getattr(args, field) for _, field, _, _ in TRAIN_OPTIONS if getattr(args, field) is not None}
     given["out_dir"] = args.out
     base = {}
     saved = Path(args.out) / "config.json"
     if args.resume and saved.exists():
-        base = json.loads(saved.read_text())
+        try:
+            base = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TrainInputError(f"--resume: {saved}: not readable as JSON ({e})") from e
+        if not isinstance(base, dict):
+            raise TrainInputError(f"--resume: {saved}: expected a JSON object, got {type(base).__name__}")
+        try:
+            check_known_fields(TrainConfig, base, str(saved))
+        except ValueError as e:
+            raise TrainInputError(f"--resume: {e}") from e
     try:
         config = TrainConfig.from_dict({**base, **given})
     except (TypeError, ValueError) as e:
-        print(f"espo-ref train: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = train(config, resume=args.resume, progress=not args.quiet)
-    except NonFiniteLossError as e:
-        print(f"espo-ref train: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:  # a missing task file or checkpoint, bad input
-        print(f"espo-ref train: {e}", file=sys.stderr)
-        return 2
+        raise TrainInputError(_flagged(str(e))) from e
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     shown = {k: v for k, v in summary.items() if not k.startswith("eval_example")}
     print(json.dumps(shown, indent=2, sort_keys=True))
     print(f"metrics, plots and checkpoints in {config.out_dir}")
@@ -102,11 +177,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .errors import TrainInputError
 
-    report = run_demo(out_dir=args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
-    print(f"report written to {report}")
-    return 0
+    def body():
+        from .demo import run_demo
+
+        if args.steps is not None and args.steps < 1:
+            raise TrainInputError(f"--steps must be >= 1, got {args.steps}")
+        report = run_demo(out_dir=args.out, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                          overwrite=args.overwrite)
+        print(f"report written to {report}")
+        return 0
+
+    return _guarded("demo", args.verbose, body)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
+    """A usage error of this sub-command: one line on stderr, exit 2 (not the whole usage)."""
+
+    def error(message: str):
+        print(f"espo-ref {command}: error: {message} (see espo-ref {command} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
 
 
 def add_parsers(sub) -> None:
@@ -116,17 +209,29 @@ def add_parsers(sub) -> None:
     train.add_argument("--out", default="runs/train", help="run folder: metrics.jsonl, plots, checkpoints")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint (its saved config is the base)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (its metrics, config, summary, plots, checkpoints, "
+                            "tensorboard; other files are kept)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("-v", "--verbose", action="store_true", help="tracebacks with the error messages")
     for flag, field, kind, text in TRAIN_OPTIONS:
         train.add_argument(flag, dest=field, type=kind, default=None, help=text)
     train.set_defaults(handler=_train)
+    _one_line_errors(train, "train")
 
-    demo = sub.add_parser("demo", help="train the tiny model with ESPO and GSPO on the templated task (CPU, minutes)",
+    demo = sub.add_parser("demo", help="train the tiny model with ESPO and GSPO on the templated task (CPU, "
+                                       "about 3 min)",
                           description="Train the tiny model with ESPO and with GSPO (same seeds and budget) and "
-                                      "write a report with a table and plots.")
+                                      f"write a report with a table and plots; {DEMO_TIME}. An --out that holds "
+                                      "a demo's files (espo/, gspo/, warmstart/, report.md, plots) is refused "
+                                      "unless --overwrite.")
     demo.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier demo in --out (only the files a demo writes; other files are kept)")
     demo.add_argument("--steps", type=int, default=None, help="RL steps per algorithm (default: the demo's)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("-v", "--verbose", action="store_true", help="tracebacks with the error messages")
     demo.set_defaults(handler=_demo)
+    _one_line_errors(demo, "demo")
 

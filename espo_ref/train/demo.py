@@ -5,20 +5,25 @@ worked examples: the policy then follows the template and gets about half of the
 right, with a spread answer distribution: an under-trained policy for RL to improve),
 use the same seed, prompts, sampling budget and update schedule, and are compared in
 ``report.md`` with the plots of the paper's Figs. 3-5.
+
+The demo writes ``warmstart/weights.pt``, ``espo/`` and ``gspo/`` (two training runs),
+``report.md`` and the plots into its folder; a folder that already holds any of them is
+refused unless ``overwrite``, which removes exactly those files (a run's own files inside
+``espo/`` and ``gspo/``) and keeps everything else.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from .._io import write_atomic
 from .config import TrainConfig
-from .metrics import mean_of, plot_runs, read_metrics
+from .errors import TrainInputError
+from .metrics import PANELS, mean_of, plot_runs, read_metrics
 
 DEMO_ALGOS = ("espo", "gspo")
 DEMO_STEPS = 400
@@ -30,8 +35,47 @@ DEMO_SETTINGS = dict(
 )
 
 
+WARM_START = Path("warmstart") / "weights.pt"
+DEMO_FILES = ("report.md", *(f"{name}.png" for name in PANELS))  # beside the run folders
+
+
 def demo_config(out_dir, steps: int | None = None, seed: int = 0) -> TrainConfig:
-    return TrainConfig(out_dir=str(out_dir), steps=steps or DEMO_STEPS, seed=seed, **DEMO_SETTINGS)
+    return TrainConfig(out_dir=str(out_dir), steps=DEMO_STEPS if steps is None else steps, seed=seed,
+                       **DEMO_SETTINGS)
+
+
+def demo_outputs_in(out: Path) -> list[Path]:
+    """What an earlier demo (or anything in its place) left where this demo writes."""
+    names = [WARM_START.parent.name, *DEMO_ALGOS, *DEMO_FILES]
+    return [out / name for name in names if (out / name).exists() or (out / name).is_symlink()]
+
+
+def clear_demo_outputs(out: Path, overwrite: bool, log=print) -> None:
+    """Refuse (TrainInputError, exit 2) a folder holding a demo's files unless ``overwrite``;
+    with it, remove exactly the files a demo writes."""
+    from .trainer import RunExistsError, remove_run_files
+
+    present = demo_outputs_in(out)
+    if not present:
+        return
+    if not overwrite:
+        raise RunExistsError(f"--out {out}: {', '.join(map(str, present))} already exist(s); pass --overwrite to "
+                             f"replace what a demo writes there (other files are kept), or choose another --out")
+    for name in (WARM_START.parent.name, *DEMO_ALGOS):
+        if (out / name).exists() and not (out / name).is_dir():
+            raise TrainInputError(f"--out {out}: {out / name} is not a folder; the demo writes a folder there")
+    removed = [out / name for name in DEMO_FILES if (out / name).is_file()]
+    warm = out / WARM_START
+    removed += [warm] if warm.is_file() else []
+    for path in removed:
+        path.unlink()
+    for algo in DEMO_ALGOS:
+        removed += remove_run_files(out / algo)
+    for folder in (out / WARM_START.parent.name, *(out / algo for algo in DEMO_ALGOS)):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if removed:
+        log(f"--overwrite: removed {', '.join(map(str, removed))}")
 
 
 def _fmt(x, digits=3):
@@ -111,23 +155,24 @@ def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, tota
 
 
 def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, progress: bool = True,
-             log=print) -> Path:
+             log=print, overwrite: bool = False) -> Path:
     """Warm-start once, train ESPO and GSPO from it on the same budget, write
-    ``report.md`` and the comparison plots into ``out_dir``. Returns the report path."""
+    ``report.md`` and the comparison plots into ``out_dir``. Returns the report path.
+    A folder that holds a demo's files is refused unless ``overwrite`` (see the module)."""
     from .trainer import train, warm_start_weights
 
     out = Path(out_dir)
-    for name in ("warmstart", *DEMO_ALGOS):  # the demo's own folders from an earlier demo
-        if (out / name).exists():
-            shutil.rmtree(out / name)
+    if out.exists() and not out.is_dir():
+        raise TrainInputError(f"--out {out}: exists and is not a folder")
     config = demo_config(out, steps, seed)
+    clear_demo_outputs(out, overwrite, log)
     start = time.perf_counter()
     log(f"warm-start: {config.sft_steps} supervised steps on template-formatted examples")
-    warm = warm_start_weights(config, out / "warmstart" / "weights.pt", progress=progress)
+    warm = warm_start_weights(config, out / WARM_START, progress=progress)
     results = {}
     for algo in DEMO_ALGOS:
         log(f"{algo.upper()}: {config.steps} RL steps")
-        run_config = config.replace(algo=algo, out_dir=str(out / algo), init_weights=str(out / "warmstart" / "weights.pt"),
+        run_config = config.replace(algo=algo, out_dir=str(out / algo), init_weights=str(out / WARM_START),
                                     sft_steps=0)
         summary = train(run_config, progress=progress, log=log)
         results[algo] = (summary, read_metrics(out / algo))

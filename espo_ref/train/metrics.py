@@ -33,8 +33,11 @@ class MetricsLog:
             self.board = None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record, sort_keys=True) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         if self.board is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -76,7 +79,9 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def mean_of(records: list[dict], key: str, last: int | None = None) -> float:
-    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    """Mean of ``key`` over the records that have it (the ``last`` ones); a NaN or infinite
+    value is not skipped: it makes the mean non-finite (NaN when there is none)."""
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
     if last:
         values = values[-last:]
     return sum(values) / len(values) if values else float("nan")

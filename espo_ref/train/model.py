@@ -58,6 +58,20 @@ def vocab_size(model) -> int:
     return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_positions(model) -> tuple[int, str] | None:
+    """(the longest sequence the model takes, the config field that says so), or None when
+    its config names none of POSITION_FIELDS."""
+    config = getattr(model, "config", None)
+    for name in POSITION_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, name
+    return None
+
+
 def hidden_path_ok(model) -> bool:
     """Whether the logits are exactly lm_head(final hidden state) (no soft-capping, scaling
     or multiplier, whatever the config calls it): checked once on a short probe sequence

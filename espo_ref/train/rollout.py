@@ -17,7 +17,16 @@ import numpy as np
 import torch
 
 from ..torch.logprob_entropy import token_logprobs_and_entropy, token_logprobs_and_entropy_from_logits
+from .errors import NonFiniteActivationError
 from .model import hidden_path_ok
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """NonFiniteActivationError (with the first bad value) when ``values`` holds a NaN or an
+    infinity: a diverged model, reported by the trainer as a non-finite loss at its step."""
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        raise NonFiniteActivationError(what, float(values.detach()[bad][0]))
 
 
 def autocast_context(device: torch.device):
@@ -92,6 +101,7 @@ def generate(model, prompts: list[list[int]], *, eos: int, pad: int, max_new_tok
                     use_cache=True, **_keep_last(model, 1))
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            check_finite(logits, "logits")
             if temperature == 0:
                 nxt = logits.argmax(dim=-1)
             else:
@@ -192,6 +202,7 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
             hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                       position_ids=positions, use_cache=False).last_hidden_state
             rows = hidden[:, -R - 1:-1][mask]
+            check_finite(rows, "hidden state")
             head = model.get_output_embeddings()
             bias = None if head.bias is None else head.bias.to(rows.dtype)
             with torch.autocast(device.type, enabled=False):  # its products accumulate in float32
@@ -200,6 +211,7 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
         else:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
                            use_cache=False, **_keep_last(model, R + 1)).logits[:, -R - 1:-1]
+            check_finite(logits[mask], "logits")
             with torch.autocast(device.type, enabled=False):
                 logp, entropy = token_logprobs_and_entropy_from_logits(logits[mask], targets, temperature)
     full_logp = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)

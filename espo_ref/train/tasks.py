@@ -29,14 +29,17 @@ Built-in tasks:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .errors import TrainInputError
 
 Verifier = Callable[[str, str], "float | bool | None"]
 
@@ -46,6 +49,7 @@ class Example:
     prompt: str
     answer: str
     response: str | None = None  # a reference response (JSONL), for the warm-start
+    where: str | None = field(default=None, compare=False)  # "path:line" of a JSONL example
 
 
 # --- verifiers ----------------------------------------------------------------------------
@@ -75,19 +79,36 @@ def numeric_match(response: str, answer: str, rel_tol: float = 1e-6, abs_tol: fl
 BUILTIN_VERIFIERS: dict[str, Verifier] = {"exact": exact_match, "numeric": numeric_match}
 
 
+class VerifierError(TrainInputError):
+    """The user's verifier raised, or returned something that is not a reward."""
+
+
 def load_verifier(spec: str) -> Verifier:
     """``exact``, ``numeric``, or ``module:function`` (a user-supplied verifier
-    ``fn(response: str, answer: str) -> float | bool | None``)."""
+    ``fn(response: str, answer: str) -> float | bool | None``). A module that cannot be
+    imported (missing, or raising on import) or a missing function is a TrainInputError
+    naming --verifier."""
     if spec in BUILTIN_VERIFIERS:
         return BUILTIN_VERIFIERS[spec]
-    if ":" not in spec:
-        raise ValueError(f"verifier must be one of {sorted(BUILTIN_VERIFIERS)} or module:function, got {spec!r}")
     module_name, _, attr = spec.partition(":")
-    fn = importlib.import_module(module_name)
+    if ":" not in spec or not module_name or not attr:
+        raise TrainInputError(f"--verifier must be one of {sorted(BUILTIN_VERIFIERS)} or module:function, "
+                              f"got {spec!r}")
+    try:
+        fn = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name) and module_name[len(e.name):][:1] in ("", "."):
+            raise TrainInputError(f"--verifier {spec}: no module named {e.name!r} (is it on PYTHONPATH?)") from e
+        raise TrainInputError(f"--verifier {spec}: importing {module_name!r} failed: "
+                              f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # the module raised while it was imported
+        raise TrainInputError(f"--verifier {spec}: importing {module_name!r} raised {type(e).__name__}: {e}") from e
     for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise TrainInputError(f"--verifier {spec}: module {module_name!r} has no attribute {attr!r}")
         fn = getattr(fn, part)
     if not callable(fn):
-        raise ValueError(f"verifier {spec!r} is not callable")
+        raise TrainInputError(f"--verifier {spec}: {attr!r} is not callable")
     return fn
 
 
@@ -95,6 +116,9 @@ def as_reward(value) -> float | None:
     """A verifier's return value as a reward: bool -> 0/1, None stays None (unscored)."""
     if value is None:
         return None
+    if not isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        raise ValueError(f"the verifier returned {value!r} ({type(value).__name__}); expected a float, "
+                         f"a bool or None")
     reward = float(value)
     if not math.isfinite(reward):
         raise ValueError(f"the verifier returned a non-finite reward {value!r}")
@@ -111,6 +135,7 @@ class Task:
 
     def __init__(self, verifier: Verifier | None = None):
         self.custom_verifier = verifier
+        self.verifier_name = getattr(verifier, "__qualname__", getattr(verifier, "__name__", repr(verifier)))
 
     def example(self, rng: np.random.Generator) -> Example:
         raise NotImplementedError
@@ -119,9 +144,24 @@ class Task:
         raise NotImplementedError
 
     def verify(self, response: str, answer: str) -> float | None:
-        if self.custom_verifier is not None:
-            return as_reward(self.custom_verifier(response, answer))
-        return as_reward(self.check(response, answer))
+        if self.custom_verifier is None:
+            return as_reward(self.check(response, answer))
+        name = self.verifier_name
+        try:
+            value = self.custom_verifier(response, answer)
+        except Exception as e:
+            raise VerifierError(f"--verifier {name} raised {type(e).__name__}: {e} (on response {response[:80]!r}, "
+                                f"answer {answer[:80]!r})") from e
+        try:
+            return as_reward(value)
+        except ValueError as e:
+            raise VerifierError(f"--verifier {name}: {e} (on response {response[:80]!r}, "
+                                f"answer {answer[:80]!r})") from None
+
+    def length_probes(self) -> list[Example]:
+        """Examples whose prompts are the longest the task makes (for the check against the
+        model's positions before the first step); the base class: a few drawn ones."""
+        return self.batch(0, 0, 8)
 
     def format_response(self, example: Example, rng: np.random.Generator, correct_fraction: float = 0.0) -> str:
         """A response in the task's format for the supervised warm-start: with probability
@@ -167,6 +207,10 @@ class ArithTask(Task):
         found = self.PATTERN.match(response)
         return 1.0 if found and found.group(1) == str(answer) else 0.0
 
+    def length_probes(self):
+        expr = "*".join([str(self.max_operand)] * self.terms)  # every operand at its widest
+        return [Example(prompt=f"Q: {expr} = ?\nA:", answer=str(self.max_answer()))]
+
     def max_answer(self) -> int:
         top = self.max_operand ** self.terms if self.times else self.max_operand * self.terms
         return max(top, self.max_operand * self.terms)
@@ -198,6 +242,9 @@ class ReverseTask(Task):
         if len(got) != len(want):
             return 0.0
         return sum(g == w for g, w in zip(got, want)) / len(want)
+
+    def length_probes(self):
+        return self.batch(0, 0, 1)  # every prompt has the same length
 
     def format_answer(self, answer):
         return f" {answer} ."
@@ -231,6 +278,9 @@ class JsonlTask(Task):
 
     def check(self, response, answer):
         return exact_match(response, answer)
+
+    def length_probes(self):
+        return self.examples  # every line
 
     def format_response(self, example, rng, correct_fraction=0.0):
         """The line's ``response`` if given, else its answer (the dataset's own labels)."""
@@ -269,7 +319,7 @@ def load_jsonl(path) -> list[Example]:
                 raise ValueError(f"{where}: 'answer' must be finite, got {answer!r}")
             if response is not None and not isinstance(response, str):
                 raise ValueError(f"{where}: 'response' must be a string, got {response!r}")
-            examples.append(Example(prompt=prompt, answer=str(answer), response=response))
+            examples.append(Example(prompt=prompt, answer=str(answer), response=response, where=where))
     if not examples:
         raise ValueError(f"{path}: no examples (the file is empty)")
     return examples
@@ -278,16 +328,50 @@ def load_jsonl(path) -> list[Example]:
 BUILTIN_TASKS = ("arith", "reverse")
 
 
+def task_class(name: str) -> type[Task]:
+    if name == "arith":
+        return ArithTask
+    if name == "reverse":
+        return ReverseTask
+    if name.startswith("jsonl:") or name.endswith(".jsonl"):
+        return JsonlTask
+    raise TrainInputError(f"--task must be one of {BUILTIN_TASKS}, jsonl:PATH or a .jsonl path, got {name!r}")
+
+
+def check_task_options(name: str, options) -> dict:
+    """``--task-options``: a JSON object whose keys are options of the task's class."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TrainInputError(f"--task-options must be a JSON object, got {type(options).__name__} {options!r}")
+    cls = task_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "path", "verifier")]
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        choices = ", ".join(accepted) if accepted else "none"
+        raise TrainInputError(f"--task-options: unknown option(s) {', '.join(map(repr, unknown))} for task "
+                              f"{cls.name} (it accepts: {choices})")
+    for key, value in options.items():
+        default = inspect.signature(cls.__init__).parameters[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TrainInputError(f"--task-options: {key!r} must be true or false, got {value!r}")
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TrainInputError(f"--task-options: {key!r} must be an integer >= 1, got {value!r}")
+    return dict(options)
+
+
 def make_task(name: str, verifier: str | None = None, options: dict | None = None) -> Task:
     """``arith``, ``reverse``, ``jsonl:PATH`` or a path ending in ``.jsonl``; ``verifier``
     overrides the task's own check (``exact``, ``numeric`` or ``module:function``)."""
+    cls = task_class(name)
+    options = check_task_options(name, options)
     fn = load_verifier(verifier) if verifier else None
-    options = dict(options or {})
-    if name == "arith":
-        return ArithTask(verifier=fn, **options)
-    if name == "reverse":
-        return ReverseTask(verifier=fn, **options)
-    if name.startswith("jsonl:") or name.endswith(".jsonl"):
+    if cls is JsonlTask:
         path = name[len("jsonl:"):] if name.startswith("jsonl:") else name
-        return JsonlTask(path, verifier=fn, **options)
-    raise ValueError(f"task must be one of {BUILTIN_TASKS}, jsonl:PATH or a .jsonl path, got {name!r}")
+        task = JsonlTask(path, verifier=fn, **options)
+    else:
+        task = cls(verifier=fn, **options)
+    if verifier:
+        task.verifier_name = verifier
+    return task

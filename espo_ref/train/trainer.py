@@ -22,9 +22,17 @@ generation exactly as the uninterrupted run did; the checkpoint restores the wei
 AdamW state, the global Python/numpy/torch RNG states and the step (= data position). On
 CPU the loop runs with deterministic algorithms and a fixed thread count.
 
-A non-finite loss or gradient norm raises NonFiniteLossError (naming the step, the
-mini-batch and the value) before the optimizer steps; no checkpoint is written after it,
-so the last good checkpoint stays the latest.
+A non-finite loss, gradient norm or model activation (hidden state, logits: a diverged
+model) raises NonFiniteLossError (naming the step, the phase or mini-batch and the value)
+before the optimizer steps; no checkpoint is written after it, so the last good
+checkpoint stays the latest. A non-finite loss *metric* (approx_kl, ratio_mean, ...) does
+not stop the run: it is reported, in the step's record (the step mean over the
+mini-batches is then non-finite, and ``nonfinite_metrics`` names it) and by a warning.
+
+The run folder: a fresh run refuses a folder that holds any file of a run (RUN_MARKERS)
+unless ``overwrite`` (which removes only the files a run writes); ``resume`` refuses a
+folder without a checkpoint, and checks the configuration against the checkpoint's before
+anything named in it (a verifier module) is imported.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -43,15 +52,43 @@ from .._io import write_atomic
 from ..errors import ESPOInputError
 from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig, loss_config
-from .metrics import MetricsLog, mean_of, plot_runs, read_metrics
-from .model import load_policy, vocab_size
+from .errors import NonFiniteActivationError, NonFiniteLossError, TrainInputError
+from .metrics import METRICS_FILE, PANELS, MetricsLog, mean_of, plot_runs, read_metrics
+from .model import load_policy, model_positions, vocab_size
 from .rollout import (Rollout, build_rollout, generate, old_policy_pass, response_logprobs, score,
                       step_generator)
-from .tasks import make_task
+from .tasks import VerifierError, make_task
+
+__all__ = ["NonFiniteLossError", "RUN_FILES", "RUN_MARKERS", "RunExistsError", "train", "warm_start_weights"]
+
+# What a training run writes into its folder (``overwrite`` removes exactly these), and what
+# marks a folder as holding a run (those, and a demo's report).
+RUN_FILES = (METRICS_FILE, "config.json", "summary.json", "checkpoints", "tensorboard",
+             *(f"{name}.png" for name in PANELS))
+RUN_MARKERS = (*RUN_FILES, "report.md")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN or infinite; the run stopped."""
+class RunExistsError(TrainInputError, FileExistsError):
+    """The output folder already holds a run (or a demo) and neither resume nor overwrite was asked."""
+
+
+def run_files_in(folder, names=RUN_MARKERS) -> list[str]:
+    """The names of ``names`` present in ``folder`` (a file, folder or link)."""
+    folder = Path(folder)
+    return [name for name in names if (folder / name).exists() or (folder / name).is_symlink()]
+
+
+def remove_run_files(folder, names=RUN_FILES) -> list[Path]:
+    """Remove the run's own files from ``folder`` (nothing else); returns what was removed."""
+    removed = []
+    for name in run_files_in(folder, names):
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
 
 
 def compute_loss(algo: str, logp, rollout: Rollout, advantages, config):
@@ -70,9 +107,17 @@ def compute_loss(algo: str, logp, rollout: Rollout, advantages, config):
 
 
 def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+    """The torch device of ``--device``; TrainInputError when it is not there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise TrainInputError(f"--device {name}: not a device ({e})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainInputError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
+                                  f"torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TrainInputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -126,7 +171,8 @@ def evaluate(model, tokenizer, task, config: TrainConfig, device) -> dict:
         return {}
     examples = task.batch(config.seed + 1_000_003, 0, config.eval_prompts)
     model.eval()
-    rollout = sample_rollout(model, tokenizer, task, examples, config, None, device, 1, 0.0)
+    with _verifier_named("in the greedy evaluation"):
+        rollout = sample_rollout(model, tokenizer, task, examples, config, None, device, 1, 0.0)
     return {"eval_accuracy": float(rollout.correct.float().mean()), "eval_reward": float(rollout.rewards.mean()),
             "eval_example": f"{examples[0].prompt!r} -> {rollout.texts[0]!r}"}
 
@@ -154,12 +200,19 @@ def warm_start(model, tokenizer, task, config: TrainConfig, device, progress: bo
         p_ids, p_mask = left_pad(prompts, tokenizer.pad_token_id, device)
         batch = build_rollout(p_ids, p_mask, r_ids, torch.zeros(len(examples), device=device), [""] * len(examples),
                               tokenizer)
-        logp, _ = response_logprobs(model, batch, 1.0, False, device)
+        try:
+            logp, _ = response_logprobs(model, batch, 1.0, False, device)
+        except NonFiniteActivationError as e:
+            raise NonFiniteLossError(f"non-finite warm-start loss at warm-start step {len(losses) + 1}: the model's "
+                                     f"{e.what} is {e.value}, the weights diverged (--sft-lr {config.sft_lr})") from e
         loss = -(logp * batch.response_mask).sum() / batch.response_mask.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteLossError(f"non-finite warm-start loss {losses[-1]} at warm-start step {len(losses)} "
+                                     f"(--sft-lr {config.sft_lr})")
     return losses
 
 
@@ -169,12 +222,61 @@ def _lr_at(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def _check_finite(value: float, what: str, step: int, where: str, run) -> None:
+def _check_finite(value: float, what: str, step: int, where: str, run, detail: str = "") -> None:
     if not math.isfinite(value):
         last = ckpt.latest_checkpoint(run.ckpt_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise NonFiniteLossError(f"non-finite {what} {value} at step {step} ({where}); "
-                                 f"stopping without saving; {kept}")
+        shown = f"non-finite {what} at step {step} ({where}): {detail}" if detail else \
+            f"non-finite {what} {value} at step {step} ({where})"
+        raise NonFiniteLossError(f"{shown}; stopping without saving; {kept}")
+
+
+@contextlib.contextmanager
+def _activations_checked(step: int, where: str, run):
+    """A non-finite hidden state or logit (the model diverged) stops the run like a
+    non-finite loss: NonFiniteLossError naming the step, the phase and the value."""
+    try:
+        yield
+    except NonFiniteActivationError as e:
+        _check_finite(e.value, "loss", step, where, run,
+                      f"the model's {e.what} is {e.value}, the weights diverged (--lr {run.config.lr})")
+        raise
+
+
+@contextlib.contextmanager
+def _verifier_named(where: str):
+    """A verifier that raises (or returns no reward): the message says where it happened."""
+    try:
+        yield
+    except VerifierError as e:
+        raise VerifierError(f"{where}: {e}") from e
+
+
+def model_positions_ok(task, tokenizer, model, config: TrainConfig) -> None:
+    """Every prompt the task can give (each JSONL line), plus ``max_new_tokens``, fits the
+    model's positions (max_position_embeddings or the config's equivalent); with a
+    warm-start, so does prompt + reference response. TrainInputError naming the JSONL line
+    otherwise, before the first step."""
+    found = model_positions(model)
+    if found is None:
+        return
+    limit, name = found
+    rng = np.random.default_rng(0)
+    for ex in task.length_probes():
+        where = ex.where or f"--task {config.task}"
+        prompt = len(tokenizer.prompt_ids(ex.prompt))
+        if prompt + config.max_new_tokens > limit:
+            raise TrainInputError(
+                f"{where}: the prompt is {prompt} tokens; with --max-new-tokens {config.max_new_tokens} a sequence "
+                f"needs {prompt + config.max_new_tokens} positions, more than the model's {limit} ({name}); "
+                f"shorten the prompt or lower --max-new-tokens")
+        if config.sft_steps:
+            response = len(tokenizer.encode(task.format_response(ex, rng, 1.0))) + 1
+            if prompt + response > limit:
+                raise TrainInputError(
+                    f"{where}: the prompt ({prompt} tokens) and its warm-start response ({response} tokens) need "
+                    f"{prompt + response} positions, more than the model's {limit} ({name}); shorten them or "
+                    f"pass --sft-steps 0")
 
 
 def _nonfinite_params(model) -> bool:
@@ -184,7 +286,7 @@ def _nonfinite_params(model) -> bool:
 class Run:
     """State of one training run (model, optimizer, task, paths)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, init_weights: bool = True):
         self.config = config
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -192,13 +294,28 @@ class Run:
         self.task = make_task(config.task, config.verifier, config.task_options)
         self.model, self.tokenizer = load_policy(config.model, config.model_hidden, config.model_layers,
                                                  config.model_heads, seed=config.seed)
-        if config.init_weights:
-            self.model.load_state_dict(ckpt.load_weights(config.init_weights))
+        model_positions_ok(self.task, self.tokenizer, self.model, config)
+        if config.init_weights and init_weights:  # a resumed run takes its weights from the checkpoint
+            load_init_weights(self.model, config.init_weights)
         self.model.to(self.device)
         self.loss_config = loss_config(config, vocab_size(self.model))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99),
                                            weight_decay=config.weight_decay)
         self.step = 0
+        self.log = print
+
+
+def load_init_weights(model, path) -> None:
+    """``--init-weights``: a state_dict file or checkpoint folder that fits ``model``."""
+    try:
+        weights = ckpt.load_weights(path)
+    except TrainInputError as e:
+        raise TrainInputError(f"--init-weights {e}") from e
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise TrainInputError(f"--init-weights {path}: does not fit the model ({detail[:400]})") from e
 
 
 def train_step(run: Run, step: int) -> dict:
@@ -208,13 +325,16 @@ def train_step(run: Run, step: int) -> dict:
     examples = run.task.batch(config.seed, step, config.prompts_per_step)
     model.eval()
     generator = step_generator(config.seed, step, device)
-    rollout = sample_rollout(model, run.tokenizer, run.task, examples, config, generator, device,
-                             config.group_size, config.temperature)
+    with _activations_checked(step, "sampling", run), _verifier_named(f"at step {step}"):
+        rollout = sample_rollout(model, run.tokenizer, run.task, examples, config, generator, device,
+                                 config.group_size, config.temperature)
     _sync(device)
     t1 = time.perf_counter()
     try:
         # in chunks of a mini-batch's size: the update's memory footprint, without the gradient
-        old_policy_pass(model, rollout, config.temperature, device, -(-rollout.input_ids.shape[0] // config.minibatches))
+        with _activations_checked(step, "old-policy pass", run):
+            old_policy_pass(model, rollout, config.temperature, device,
+                            -(-rollout.input_ids.shape[0] // config.minibatches))
     except ESPOInputError:
         if _nonfinite_params(model):
             _check_finite(float("nan"), "model weights", step, "old-policy pass", run)
@@ -241,7 +361,8 @@ def train_step(run: Run, step: int) -> dict:
         for mb, rows in enumerate(torch.tensor_split(order, config.minibatches)):
             batch = rollout.rows(rows)
             where = f"epoch {epoch + 1}/{config.ppo_epochs}, mini-batch {mb + 1}/{config.minibatches}"
-            logp, _ = response_logprobs(model, batch, config.temperature, False, device)
+            with _activations_checked(step, where, run):
+                logp, _ = response_logprobs(model, batch, config.temperature, False, device)
             result = compute_loss(config.algo, logp, batch, advantages[rows], run.loss_config)
             loss = result.loss
             loss_value = float(loss.detach())
@@ -255,7 +376,7 @@ def train_step(run: Run, step: int) -> dict:
             losses.append(loss_value)
             grad_norms.append(grad_norm)
             for key, value in result.metrics.items():
-                loss_metrics.setdefault(key, []).append(float(value))
+                loss_metrics.setdefault(key, []).append((float(value), where))
     _sync(device)
     t3 = time.perf_counter()
 
@@ -282,9 +403,14 @@ def train_step(run: Run, step: int) -> dict:
     }
     for key in ("clipfrac", "clipfrac_high", "clipfrac_low", "clipfrac_high_group", "clipfrac_low_group",
                 "eps_mean_high_group", "eps_mean_low_group", "approx_kl", "ratio_mean", "clamped_frac"):
-        if key in loss_metrics:
-            values = [v for v in loss_metrics[key] if math.isfinite(v)]
-            record[key] = sum(values) / len(values) if values else float("nan")
+        if key in loss_metrics:  # the mean over every mini-batch: a non-finite value is kept, not skipped
+            values = [v for v, _ in loss_metrics[key]]
+            record[key] = sum(values) / len(values)
+            bad = [(v, where) for v, where in loss_metrics[key] if not math.isfinite(v)]
+            if bad:
+                record.setdefault("nonfinite_metrics", []).append(key)
+                run.log(f"warning: step {step}: metric {key} is {bad[0][0]} in {len(bad)} of {len(values)} "
+                        f"mini-batch updates (first: {bad[0][1]}); the step's {key} is {record[key]}")
     return record
 
 
@@ -304,6 +430,7 @@ def warm_start_weights(config: TrainConfig, path, progress: bool = True) -> dict
                                        seed=config.seed)
         model.to(device)
         start = time.perf_counter()
+        model_positions_ok(task, tokenizer, model, config)
         losses = warm_start(model, tokenizer, task, config, device, progress)
         result = {"warm_start_steps": config.sft_steps, "warm_start_loss_first": losses[0] if losses else None,
                   "warm_start_loss_last": losses[-1] if losses else None,
@@ -322,26 +449,61 @@ def _check_resume_config(saved: dict, config: TrainConfig) -> None:
     differ = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
-        raise ValueError(f"--resume with a different configuration ({detail}); only {RESUMABLE_CHANGES} may change")
+        raise TrainInputError(f"--resume with a different configuration ({detail}); only {RESUMABLE_CHANGES} "
+                              f"may change")
 
 
-def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None = None,
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """The run folder's state against what was asked; returns the checkpoint to resume from.
+    Reads only: nothing is removed or written here."""
+    if out.exists() and not out.is_dir():
+        raise TrainInputError(f"--out {out}: exists and is not a folder")
+    ckpt_dir = out / "checkpoints"
+    present = run_files_in(out)
+    if resume:
+        if overwrite:
+            raise TrainInputError("--resume and --overwrite exclude each other")
+        latest = ckpt.latest_checkpoint(ckpt_dir)
+        if latest is None:
+            if present:
+                raise TrainInputError(f"--resume: {out} holds a run ({', '.join(present)}) but no checkpoint "
+                                      f"({ckpt_dir / ckpt.LATEST} is missing; trained with --checkpoint-every 0?): "
+                                      f"nothing to resume from")
+            raise TrainInputError(f"--resume: {out} holds no run (no {ckpt_dir / ckpt.LATEST}); "
+                                  f"drop --resume to start one")
+        return latest
+    if present and not overwrite:
+        raise RunExistsError(f"--out {out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+    return None
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_at_step: int | None = None,
           progress: bool = True, log=print) -> dict:
     """Run (or, with ``resume``, continue) a training; returns the summary (also written to
     ``summary.json``). ``stop_at_step`` stops after that step as if interrupted (the
-    checkpoint of that step is written)."""
+    checkpoint of that step is written). A folder that already holds a run is refused
+    (RunExistsError) unless ``resume`` or ``overwrite`` (which removes the run's own files,
+    RUN_FILES, and nothing else)."""
     from tqdm.auto import tqdm
 
+    out = Path(config.out_dir)
+    latest = check_out_dir(out, resume=resume, overwrite=overwrite)
+    if latest is not None:  # check the configuration before importing anything it names (a verifier)
+        _check_resume_config(ckpt.load_state(latest)["config"], config)
     device = resolve_device(config.device)
     with torch_settings(config, device):
-        run = Run(config)
-        out = run.out_dir
-        latest = ckpt.latest_checkpoint(run.ckpt_dir)
+        run = Run(config, init_weights=latest is None)
+        run.log = log
+        for stale in ckpt.remove_stale_temp(run.ckpt_dir):
+            log(f"removed {stale} (a checkpoint left unfinished by a process that no longer runs)")
         summary: dict = {}
-        if resume and latest is not None:
+        if latest is not None:
             loaded = ckpt.load_checkpoint(latest)
-            _check_resume_config(loaded["state"]["config"], config)
-            run.model.load_state_dict(loaded["weights"])
+            try:
+                run.model.load_state_dict(loaded["weights"])
+            except RuntimeError as e:
+                raise TrainInputError(f"{latest / 'weights.pt'}: does not fit the model") from e
             run.optimizer.load_state_dict(loaded["optimizer"])
             ckpt.restore_rng(loaded["state"]["rng"], loaded["rng"])
             run.step = loaded["state"]["step"]
@@ -349,9 +511,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None
             log(f"resuming from {latest} (step {run.step})")
             metrics = MetricsLog(out, keep_until_step=run.step)
         else:
-            if latest is not None:
-                raise FileExistsError(f"{out} already holds a run (checkpoint {latest}); "
-                                      f"pass --resume to continue it or choose another --out")
             random.seed(config.seed)
             np.random.seed(config.seed)
             torch.manual_seed(config.seed)
@@ -360,6 +519,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None
                 summary["warm_start_loss_first"], summary["warm_start_loss_last"] = sft[0], sft[-1]
             summary.update({f"{k}_before": v for k, v in evaluate(run.model, run.tokenizer, run.task, config,
                                                                    device).items()})
+            for removed in remove_run_files(out) if overwrite else []:  # the inputs were good: replace the run
+                log(f"--overwrite: removed {removed}")
             metrics = MetricsLog(out)
             if config.checkpoint_every:
                 ckpt.save_checkpoint(run.ckpt_dir, 0, run.model, run.optimizer, config.to_dict(),
@@ -379,6 +540,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None
                                 clip=f"{record.get('clipfrac', 0.0):.3f}")
                 stopping = stop_at_step is not None and step >= stop_at_step
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps or stopping):
+                    if _nonfinite_params(run.model):  # never a checkpoint of diverged weights
+                        _check_finite(float("nan"), "model weights", step, "after its last update", run)
                     ckpt.save_checkpoint(run.ckpt_dir, step, run.model, run.optimizer, config.to_dict(),
                                          {"summary": summary}, config.keep_checkpoints)
                 if stopping:
@@ -393,8 +556,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None
             "reward_last10": mean_of(records, "reward", 10), "accuracy_last10": mean_of(records, "accuracy", 10),
         })
         if run.step >= config.steps:
-            summary.update({f"{k}_after": v for k, v in evaluate(run.model, run.tokenizer, run.task, config,
-                                                                  device).items()})
+            with _activations_checked(run.step, "greedy evaluation after training", run):
+                summary.update({f"{k}_after": v for k, v in evaluate(run.model, run.tokenizer, run.task, config,
+                                                                      device).items()})
         if records:
             plot_runs({config.algo: records}, out)
         write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
