@@ -1,0 +1,1 @@
+"""Integrations of the ESPO loss into RL training frameworks (optional dependencies)."""
