@@ -60,12 +60,14 @@ def verl_runs(tmp_path_factory):
     def run(item):
         (fn, function, adapter), xfail = item
         report = folder / f"{function}-{xfail}.json"
-        cmd = [str(VERL_PYTHON), "-m", "espo_ref.cli", "conform", "--impl", f"{CORE}:{fn}", "--function", function,
-               "--adapter", adapter, "--report", str(report)] + (["--xfail-file", "verl-0.9.1"] if xfail else [])
+        impl = fn if ":" in fn else f"{CORE}:{fn}"
+        cmd = [str(VERL_PYTHON), "-m", "espo_ref.cli", "conform", "--impl", impl, "--function", function,
+               "--adapter", adapter, "--report", str(report)] + (["--xfail-file", "verl-0.9.1"] if xfail is True else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
         return (function, xfail), (proc, json.loads(report.read_text()))
 
     items = [(c, x) for c in COMMANDS for x in (True, False)]
+    items.append((("espo_ref.integrations.verl:compute_policy_loss_espo", "espo_loss", "verl"), "plugin"))
     with ThreadPoolExecutor(4) as pool:
         return dict(pool.map(run, items))
 
@@ -76,6 +78,15 @@ def test_verl_conforms_with_the_shipped_xfail_file(verl_runs, function):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert report["conformant"] and report["impl_version"] == "0.9.1"
     assert report["counts"].get("pass", 0) >= 4 and "xpass" not in report["counts"]
+
+
+def test_ESPO_OBJ_the_verl_plugin_loss_conforms_on_every_case(verl_runs):
+    """espo_ref.integrations.verl:compute_policy_loss_espo through the verl adapter (a real
+    ActorConfig with ESPOPolicyLossConfig, the old entropy as the plugin receives it), full
+    profile, no xfail file."""
+    proc, report = verl_runs[("espo_loss", "plugin")]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert report["conformant"] and report["counts"] == {"pass": len(report["cases"])}
 
 
 @pytest.mark.parametrize("function", [c[1] for c in COMMANDS])

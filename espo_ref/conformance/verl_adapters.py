@@ -8,7 +8,9 @@ verl's keyword signature ``fn(old_log_prob=, log_prob=, advantages=, response_ma
 loss_agg_mode=, config=ActorConfig)``. The ActorConfig is a real one, built from the case's
 config with each method's defaults: ``clip_ratio_low/high`` = eps_low/high, the dual clip off
 by a ``clip_ratio_c`` of 1e9 (verl asserts c > 1 and has no "off"), ``max_len`` as
-``global_batch_info["loss_scale_factor"]``. Advantages go in per token.
+``global_batch_info["loss_scale_factor"]``. Advantages go in per token. ``espo_loss`` checks
+ESPO's own verl loss (``espo_ref.integrations.verl``): its options go in an
+``ESPOPolicyLossConfig`` and the old entropy in the ``old_entropy=`` keyword.
 
 ``verl-advantage``: ``compute_grpo_outcome_advantage(token_level_rewards=, response_mask=,
 index=, epsilon=)`` against grpo_advantages. verl has no ``valid`` mask (every response is
@@ -26,9 +28,9 @@ from .adapters import Adapter, register
 from .execution import SetupError
 from .golden import GoldenCase
 
-VERL_POLICY_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss")
+VERL_POLICY_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss", "espo_loss")
 LOSS_MODES = {"grpo_loss": "vanilla", "dapo_loss": "vanilla", "gspo_loss": "gspo", "gmpo_loss": "geo_mean",
-              "cispo_loss": "cispo"}
+              "cispo_loss": "cispo", "espo_loss": "espo"}
 DUAL_CLIP_OFF = 1e9  # verl asserts clip_ratio_c > 1; a c this large never binds
 
 
@@ -47,6 +49,16 @@ def actor_config(function: str, fields: dict[str, Any]):
 
     ActorConfig, PolicyLossConfig = _import_verl_config()
     ours = FUNCTIONS[function].raw_config(fields)
+    if function == "espo_loss":  # espo_ref.integrations.verl's loss: ESPO's options in the policy-loss config
+        import dataclasses
+
+        from ..integrations.verl import ESPOPolicyLossConfig
+
+        options = {f"espo_{f.name}": getattr(ours, f.name) for f in dataclasses.fields(ours)
+                   if f.name != "vocab_size" and hasattr(ours, f.name)}
+        return ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
+                           policy_loss=ESPOPolicyLossConfig(espo_vocab_size=getattr(ours, "vocab_size", None),
+                                                            **options))
     dual = getattr(ours, "dual_clip", None)
     config = ActorConfig(
         strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
@@ -84,8 +96,9 @@ class VerlAdapter(Adapter):
         if adv.dim() == 1:
             adv = adv[:, None].expand(mask.shape).contiguous()
         config = actor_config(case.function, case.config or {})
+        extra = {"old_entropy": t["entropy"]} if "entropy" in t else {}  # how the ESPO plugin receives it
         out = self.impl(old_log_prob=t["old_logp"], log_prob=t["logp"], advantages=adv, response_mask=mask,
-                        loss_agg_mode=config.loss_agg_mode, config=config)
+                        loss_agg_mode=config.loss_agg_mode, config=config, **extra)
         loss = out[0] if isinstance(out, (tuple, list)) else out
         return {"loss": self.scalar(loss), "grad": self.grad(loss, t["logp"])}
 

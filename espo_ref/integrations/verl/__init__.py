@@ -1,0 +1,74 @@
+"""ESPO in verl 0.9.1: the policy loss ``"espo"`` and the plumbing of the old entropy.
+
+Usage (``pip install "espo-ref[verl]"``; tested against verl==0.9.1)::
+
+    import espo_ref.integrations.verl   # registers loss_mode "espo" and installs the wrapper
+
+    actor_rollout_ref.actor.policy_loss._target_=espo_ref.integrations.verl.ESPOPolicyLossConfig
+    actor_rollout_ref.actor.policy_loss.loss_mode=espo
+    actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean   # ignored: ESPO aggregates per [ESPO-AGG]
+
+The import must happen in every process that builds an actor worker (Ray workers included),
+e.g. from a custom worker module or ``PYTHONSTARTUP``/a ``sitecustomize``; the worker
+binds ``ppo_loss`` when it builds its model, so importing after that is too late.
+
+What ESPO needs beyond verl's PPO inputs is the **old** policy's entropy of each response
+position at the sampling temperature ([ESPO-ENT-DOMAIN]). verl's old-log-prob pass computes
+it (``calculate_entropy=True``):
+
+* v1 trainer (``trainer/ppo/v1``): stored next to ``old_log_probs`` as ``"entropy"``;
+* v0 trainer (``RayPPOTrainer``): returned as ``"entropys"`` and then dropped by ``fit()``;
+  :func:`install` wraps ``RayPPOTrainer._compute_old_log_prob`` so that it also returns a
+  copy as ``"espo_old_entropy"``, which ``fit()`` keeps in the batch.
+
+verl's ``ppo_loss`` hands the policy loss only (old_log_prob, log_prob, advantages,
+response_mask, loss_agg_mode, config, rollout_is_weights), so :func:`espo_ppo_loss` reads
+the old entropy from the micro-batch and passes it to :func:`compute_policy_loss_espo`
+through a context variable. :func:`install` makes ``verl.workers.engine_workers.ppo_loss``
+that wrapper. Bypass mode (``rollout_correction.bypass_mode``) computes no old entropy and
+therefore cannot run ESPO: the loss raises an error saying so.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+    import verl
+    from verl.trainer.ppo import core_algos as _core_algos  # noqa: F401
+except ImportError as exc:  # pragma: no cover
+    raise ImportError(
+        f"espo_ref.integrations.verl needs verl and torch ({exc}); install them with: pip install \"espo-ref[verl]\" verl==0.9.1"
+    ) from exc
+
+from ._loss import (  # noqa: E402
+    ENTROPY_KEYS,
+    OLD_ENTROPY,
+    ESPOPolicyLossConfig,
+    compute_policy_loss_espo,
+    espo_ppo_loss,
+    install,
+    to_espo_config,
+)
+
+SUPPORTED_VERL_VERSION = "0.9.1"
+
+__all__ = [
+    "ENTROPY_KEYS",
+    "OLD_ENTROPY",
+    "ESPOPolicyLossConfig",
+    "SUPPORTED_VERL_VERSION",
+    "compute_policy_loss_espo",
+    "espo_ppo_loss",
+    "install",
+    "to_espo_config",
+]
+
+if getattr(verl, "__version__", None) != SUPPORTED_VERL_VERSION:  # pragma: no cover
+    import warnings
+
+    warnings.warn(
+        f"espo_ref.integrations.verl is tested with verl=={SUPPORTED_VERL_VERSION}, found {getattr(verl, '__version__', '?')}",
+        stacklevel=2,
+    )
+
+install()

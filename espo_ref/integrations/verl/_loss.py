@@ -1,0 +1,240 @@
+"""The ``"espo"`` policy loss for verl 0.9.1 and the wrapper that hands it the old entropy."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from verl.trainer.ppo.core_algos import register_policy_loss
+from verl.workers.config.actor import PolicyLossConfig
+from verl.workers.utils import losses as _verl_losses
+
+from ...config import ESPOConfig
+from ...errors import ESPOInputError
+from ...torch import espo_loss
+
+# verl's own ppo_loss, captured before install() replaces the name in engine_workers
+_VERL_PPO_LOSS = _verl_losses.ppo_loss
+
+#: batch key written by the v0 wrapper of RayPPOTrainer._compute_old_log_prob
+OLD_ENTROPY = "espo_old_entropy"
+#: keys the wrapper looks for, in order: ours (v0), then v1's "entropy" (stored with old_log_probs)
+ENTROPY_KEYS = (OLD_ENTROPY, "entropy")
+
+_DEFAULTS = ESPOConfig(vocab_size=2)
+
+#: the old entropy of the current micro-batch ([B, T] like response_mask), set by espo_ppo_loss
+_OLD_ENTROPY_VAR: contextvars.ContextVar[Optional[torch.Tensor]] = contextvars.ContextVar(
+    "espo_old_entropy", default=None
+)
+
+_ENABLE_HINT = (
+    "ESPO needs the old policy's per-token entropy at the sampling temperature. Import "
+    "espo_ref.integrations.verl in every worker process before the actor is built (it installs "
+    "espo_ref.integrations.verl.espo_ppo_loss as verl.workers.engine_workers.ppo_loss, which passes the "
+    f"micro-batch's {' or '.join(repr(k) for k in ENTROPY_KEYS)} to the loss), and recompute old log-probs "
+    "(rollout_correction.bypass_mode=False: bypass mode uses the rollout log-probs and computes no old entropy); "
+    "or call compute_policy_loss_espo(..., old_entropy=...) directly."
+)
+
+
+@dataclass
+class ESPOPolicyLossConfig(PolicyLossConfig):
+    """verl's PolicyLossConfig plus ESPO's hyperparameters (``espo_<ESPOConfig field>``), loss_mode "espo".
+
+    ``espo_vocab_size`` None reads ``actor.model_config.hf_config.vocab_size``.
+    """
+
+    loss_mode: str = "espo"
+    espo_alpha: float = _DEFAULTS.alpha
+    espo_top_fraction: float = _DEFAULTS.top_fraction
+    espo_grouping: str = _DEFAULTS.grouping
+    espo_entropy_edges: tuple = _DEFAULTS.entropy_edges
+    espo_drop_low_group: bool = _DEFAULTS.drop_low_group
+    espo_clip: str = _DEFAULTS.clip
+    espo_eps_low: float = _DEFAULTS.eps_low
+    espo_eps_high: float = _DEFAULTS.eps_high
+    espo_eps_reading: str = _DEFAULTS.eps_reading
+    espo_ratio_form: str = _DEFAULTS.ratio_form
+    espo_log_ratio_clamp: Optional[float] = _DEFAULTS.log_ratio_clamp
+    espo_entropy_tolerance: float = _DEFAULTS.entropy_tolerance
+    espo_vocab_size: Optional[int] = None
+
+
+_FIELDS = ("alpha", "top_fraction", "grouping", "entropy_edges", "drop_low_group", "clip", "eps_low", "eps_high",
+           "eps_reading", "ratio_form", "log_ratio_clamp", "entropy_tolerance")
+
+
+def _policy_loss_config(config: Any) -> Any:
+    """The policy-loss config of an ActorConfig (or the policy-loss config itself)."""
+    pl = config.get("policy_loss", None) if hasattr(config, "get") else getattr(config, "policy_loss", None)
+    return config if pl is None else pl
+
+
+def _vocab_size(config: Any) -> int:
+    pl = _policy_loss_config(config)
+    vocab = pl.get("espo_vocab_size", None) if hasattr(pl, "get") else getattr(pl, "espo_vocab_size", None)
+    if vocab is None:
+        try:
+            vocab = config.model_config.hf_config.vocab_size
+        except AttributeError:
+            vocab = None
+    if vocab is None:
+        raise ESPOInputError(
+            "ESPO needs the vocabulary size V (its clip range is alpha * entropy / log V): set "
+            "actor.policy_loss.espo_vocab_size, or give the actor a model_config with hf_config.vocab_size"
+        )
+    return vocab
+
+
+def to_espo_config(actor_config: Any, vocab_size: int | None = None) -> ESPOConfig:
+    """The ESPOConfig of an ActorConfig whose policy_loss is an ESPOPolicyLossConfig (or of that
+    policy-loss config, or any mapping with the ``espo_*`` keys; missing keys take ESPOConfig's defaults).
+    ``vocab_size`` None reads espo_vocab_size, then model_config.hf_config.vocab_size."""
+    pl = _policy_loss_config(actor_config)
+    get = pl.get if hasattr(pl, "get") else (lambda k, d=None: getattr(pl, k, d))
+    values = {}
+    for name in _FIELDS:
+        value = get(f"espo_{name}", getattr(_DEFAULTS, name))
+        if name == "entropy_edges" and value is not None and not isinstance(value, tuple):
+            value = tuple(value)  # hydra hands a ListConfig
+        values[name] = value
+    return ESPOConfig(vocab_size=_vocab_size(actor_config) if vocab_size is None else vocab_size, **values)
+
+
+def _espo_config(config: Any) -> ESPOConfig:
+    if config is None:
+        raise ESPOInputError("compute_policy_loss_espo needs config (verl's ActorConfig with an ESPOPolicyLossConfig)")
+    cfg = to_espo_config(config)
+    info = getattr(config, "global_batch_info", None) or {}
+    if cfg.grouping == "batch_top_fraction" and info.get("global_batch_size") is not None:
+        # one call on a whole batch (no global batch size: a direct call) may rank it; a
+        # micro-batch of verl's gradient accumulation may not
+        raise ESPOInputError(
+            "espo_grouping='batch_top_fraction' ranks the tokens of the whole mini-batch, but verl computes the "
+            "loss per micro-batch (and per data-parallel rank): use 'top_fraction', 'entropy_ranges', 'none' or 'token'"
+        )
+    return cfg
+
+
+@register_policy_loss("espo")
+def compute_policy_loss_espo(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "seq-mean-token-mean",
+    config: Any = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    old_entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """[ESPO-OBJ] as verl's policy loss ``"espo"``: ``espo_ref.torch.espo_loss`` on a micro-batch.
+
+    ``old_entropy`` [B, T]: the old policy's entropy at each response position (None: the one
+    :func:`espo_ppo_loss` set for this micro-batch). ``loss_agg_mode`` is ignored: ESPO's
+    aggregation is [ESPO-AGG]. Advantages may be per token [B, T] (verl's) or per response [B].
+
+    Scaling to verl's gradient accumulation: with G = ``config.global_batch_info["global_batch_size"]``
+    (responses in the mini-batch over all data-parallel ranks) and dp its ``"dp_size"``, the returned
+    loss is ``espo_loss * N_m * dp / G`` with N_m the responses of this micro-batch with a response
+    token; summed over micro-batches and averaged over ranks this is the mean over the mini-batch's
+    responses, which equals espo_loss of the whole mini-batch when no response is empty (G counts
+    empty responses, [ESPO-AGG]'s N does not). When G is None the loss is espo_loss of the micro-batch.
+    Metrics are the micro-batch's [ESPO-METRICS] as ``actor/espo_<key>`` floats.
+    """
+    cfg = _espo_config(config)
+    if rollout_is_weights is not None:
+        raise ESPOInputError(
+            "the ESPO loss does not apply rollout importance-sampling weights: set "
+            "algorithm.rollout_correction.rollout_is=null (or use another loss_mode)"
+        )
+    if old_entropy is None:
+        old_entropy = _OLD_ENTROPY_VAR.get()
+    if old_entropy is None:
+        raise ESPOInputError("no old entropy reached the ESPO loss. " + _ENABLE_HINT)
+    mask = response_mask.bool()
+    n_m = int(mask.any(dim=1).sum())
+    info = getattr(config, "global_batch_info", None) or {}
+    global_batch_size = info.get("global_batch_size")
+    if n_m == 0 and global_batch_size is not None:
+        # a micro-batch of empty responses inside a mini-batch contributes nothing; a direct call
+        # on a batch without a response token is an error ([ESPO-AGG]), raised by espo_loss
+        return (log_prob * 0.0).sum(), {}
+    result = espo_loss(log_prob, old_log_prob, old_entropy, mask, advantages, cfg)
+    loss = result.loss
+    dp_size = info.get("dp_size", 1) or 1
+    if global_batch_size is None:
+        if dp_size > 1:
+            raise ESPOInputError("global_batch_info['global_batch_size'] is required when dp_size > 1")
+    else:
+        loss = loss * (n_m * dp_size / global_batch_size)
+    metrics = {}
+    for key, value in result.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics[f"actor/espo_{key}"] = float(value)
+    return loss, metrics
+
+
+def _old_entropy_of(data) -> torch.Tensor | None:
+    """The micro-batch's old entropy, padded like its response_mask ([B, T])."""
+    for key in ENTROPY_KEYS:
+        if key in data.keys():
+            padded = data.select("response_mask", key).to_padded_tensor()
+            entropy, mask = padded[key], padded["response_mask"]
+            width = mask.shape[-1]
+            if entropy.shape[-1] > width:
+                entropy = entropy[..., :width]
+            elif entropy.shape[-1] < width:
+                entropy = torch.nn.functional.pad(entropy, (0, width - entropy.shape[-1]))
+            return entropy.detach()
+    return None
+
+
+def espo_ppo_loss(config, model_output, data, dp_group=None):
+    """verl's ``ppo_loss`` that, for loss_mode "espo", hands the micro-batch's old entropy to the loss."""
+    if _policy_loss_config(config).get("loss_mode", "vanilla") != "espo":
+        return _VERL_PPO_LOSS(config, model_output, data, dp_group=dp_group)
+    token = _OLD_ENTROPY_VAR.set(_old_entropy_of(data))
+    try:
+        return _VERL_PPO_LOSS(config, model_output, data, dp_group=dp_group)
+    finally:
+        _OLD_ENTROPY_VAR.reset(token)
+
+
+def _wrap_compute_old_log_prob(original):
+    @functools.wraps(original)
+    def compute_old_log_prob(self, batch):
+        out = original(self, batch)
+        old, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        entropys = old.batch.get("entropys", None) if old.batch is not None else None
+        if entropys is not None:
+            old.batch[OLD_ENTROPY] = entropys.clone()
+        return (old, *rest) if isinstance(out, tuple) else old
+
+    compute_old_log_prob._espo_wrapped = True
+    return compute_old_log_prob
+
+
+def install() -> dict[str, bool]:
+    """Idempotently make verl's workers call :func:`espo_ppo_loss`, and have the v0 trainer keep
+    the old entropy (as ``"espo_old_entropy"``). Returns what was patched."""
+    done = {"engine_workers": False, "ray_trainer": False}
+    try:
+        import verl.workers.engine_workers as engine_workers
+    except ImportError:  # verl's worker dependencies (ray, uvicorn, ...) are missing: no worker can run here
+        return done
+    engine_workers.ppo_loss = espo_ppo_loss
+    done["engine_workers"] = True
+    try:
+        from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    except ImportError:  # the v0 trainer cannot run here anyway
+        return done
+    current = RayPPOTrainer._compute_old_log_prob
+    if not getattr(current, "_espo_wrapped", False):
+        RayPPOTrainer._compute_old_log_prob = _wrap_compute_old_log_prob(current)
+    done["ray_trainer"] = True
+    return done

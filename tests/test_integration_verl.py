@@ -1,0 +1,38 @@
+"""espo_ref.integrations.verl against the real verl 0.9.1, in its own environment.
+
+The checks live in tests/peers/verl_plugin_checks.py and run inside the verl environment
+(``bash tests/peers/setup_verl.sh``: .venv-verl or $ESPO_VERL_PYTHON), as tests/test_verl_real.py
+does. Without it this skips, except under CI, where a missing environment is a failure.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VERL_PYTHON = Path(os.environ.get("ESPO_VERL_PYTHON") or ROOT / ".venv-verl" / "bin" / "python")
+CHECKS = ["check_equals_reference", "check_micro_batch_sum", "check_errors", "check_verl_ppo_loss_path",
+          "check_install"]
+
+
+@pytest.fixture(scope="module")
+def verl_checks():
+    if not VERL_PYTHON.exists():
+        message = f"no verl 0.9.1 environment at {VERL_PYTHON}: run bash tests/peers/setup_verl.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    proc = subprocess.run([str(VERL_PYTHON), str(ROOT / "tests" / "peers" / "verl_plugin_checks.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_verl_plugin(verl_checks, check):
+    assert check not in verl_checks["failed"], verl_checks["failed"][check]
+    assert check in verl_checks["passed"]
