@@ -13,6 +13,7 @@ import traceback
 import torch
 
 import espo_ref.integrations.verl as ev
+from espo_ref.integrations.verl._loss import _wrap_compute_old_log_prob
 from espo_ref.config import ESPOConfig
 from espo_ref.errors import ESPOInputError
 from espo_ref.torch import espo_loss
@@ -212,13 +213,22 @@ def check_verl_ppo_loss_path():
 def check_install():
     first, second = ev.install(), ev.install()
     assert first == second, (first, second)
-    try:
-        import verl.workers.engine_workers as ew
-    except ImportError:
-        return f"engine_workers not importable here; install() reported {first}"
-    assert ew.ppo_loss is ev.espo_ppo_loss
+    import verl.workers.engine_workers as ew
+    from verl import DataProto
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    assert first == {"engine_workers": True, "ray_trainer": True}, first
+    assert ew.ppo_loss is ev.espo_ppo_loss
     assert RayPPOTrainer._compute_old_log_prob._espo_wrapped
+    # the v0 hook keeps a copy of the old entropy that survives fit()'s pop of "entropys"
+    entropys = torch.rand(2, 3, dtype=torch.float64)
+
+    def old_log_prob_pass(self, batch):
+        return DataProto.from_dict({"old_log_probs": torch.zeros(2, 3, dtype=torch.float64), "entropys": entropys})
+
+    out = _wrap_compute_old_log_prob(old_log_prob_pass)(None, None)
+    out.batch.pop("entropys")
+    assert torch.equal(out.batch[ev.OLD_ENTROPY], entropys)
     return "patched"
 
 
