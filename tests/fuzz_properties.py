@@ -332,6 +332,13 @@ def _robust(record: Record, backend: str, result, error, clause: str, extra_bad=
         assert not bad, f"[ESPO-INPUT] {record.function} ({backend}, {record.dtype}) non-finite without an error: {bad}"
 
 
+def _finite_array(record: Record, backend: str, value, clause: str, what: str) -> None:
+    """A component's array output is finite when the call did not raise (recorded for the bench)."""
+    if value is not None and not np.isfinite(host(value)).all():
+        record.nonfinite.append(f"{backend}: {what}")
+        raise AssertionError(f"[{clause}] {backend} {what} not finite: {value}")
+
+
 def _same_decision(record, want_err, got_err, clause, near_boundary):
     """Error or not, and the message: equal, unless a float32 range limit (the torch message
     names float32) or, when only one backend raised, an overflow decision within rounding of
@@ -683,15 +690,12 @@ def check_advantages(case: dict, record: Record) -> None:
     args = (case["prompt_ids"], case["valid"], case["ddof"], case["eps"])
     want, want_err = _outcome(lambda: core.grpo_advantages(case["rewards"], *args))
     _robust(record, "numpy", want, want_err, "ESPO-ADV")
-    if want is not None:
-        assert np.isfinite(want).all(), f"[ESPO-ADV] numpy advantages not finite: {want}"
+    _finite_array(record, "numpy", want, "ESPO-ADV", "advantages")
     ids = case["prompt_ids"] if case["prompt_ids"].dtype.kind in "US" else torch.tensor(case["prompt_ids"])
     got, got_err = _outcome(lambda: et.grpo_advantages(_t(case["rewards"], tdtype), ids,
                                                        torch.tensor(case["valid"]), case["ddof"], case["eps"]))
     _robust(record, "torch", got, got_err, "ESPO-ADV")
-    if got is not None and not np.isfinite(host(got)).all():
-        record.nonfinite.append("torch: advantages")
-        raise AssertionError(f"[ESPO-ADV] torch advantages not finite: {got}")
+    _finite_array(record, "torch", got, "ESPO-ADV", "advantages")
     _same_decision(record, want_err, got_err, "ESPO-ADV", lambda: False)
     if want_err is not None:
         record.compared = True
@@ -723,13 +727,10 @@ def check_entropy(case: dict, record: Record) -> None:
     dtype, tdtype = case["dtype"], TORCH_DTYPE[case["dtype"]]
     want, want_err = _outcome(lambda: core.token_entropy(case["logits"], case["temperature"]))
     _robust(record, "numpy", want, want_err, "ESPO-ENT")
-    if want is not None:
-        assert np.isfinite(want).all(), f"[ESPO-ENT] numpy entropy not finite: {want}"
+    _finite_array(record, "numpy", want, "ESPO-ENT", "entropy")
     got, got_err = _outcome(lambda: et.token_entropy(_t(case["logits"], tdtype), case["temperature"]))
     _robust(record, "torch", got, got_err, "ESPO-ENT")
-    if got is not None and not np.isfinite(host(got)).all():
-        record.nonfinite.append("torch: entropy")
-        raise AssertionError(f"[ESPO-ENT] torch entropy not finite: {got}")
+    _finite_array(record, "torch", got, "ESPO-ENT", "entropy")
     _same_decision(record, want_err, got_err, "ESPO-ENT", lambda: False)
     if want_err is not None:
         record.compared = True
@@ -787,15 +788,11 @@ def check_clip_eps(case: dict, record: Record) -> None:
         groups = np.where(case["mask"], 0, -1)
     want, want_err = _outcome(lambda: core.group_clip_eps(case["entropy"], groups, case["config"]))
     _robust(record, "numpy", want, want_err, "ESPO-CLIP")
-    if want is not None and not np.isfinite(want).all():
-        record.nonfinite.append("numpy: eps")
-        raise AssertionError(f"[ESPO-CLIP] numpy eps not finite: {want}")
+    _finite_array(record, "numpy", want, "ESPO-CLIP", "eps")
     got, got_err = _outcome(lambda: et.group_clip_eps(_t(case["entropy"], tdtype), torch.tensor(groups),
                                                       case["config"]))
     _robust(record, "torch", got, got_err, "ESPO-CLIP")
-    if got is not None and not np.isfinite(host(got)).all():
-        record.nonfinite.append("torch: eps")
-        raise AssertionError(f"[ESPO-CLIP] torch eps not finite: {got}")
+    _finite_array(record, "torch", got, "ESPO-CLIP", "eps")
     limit = F64_MAX if dtype == "float64" else F32_MAX
     _same_decision(record, want_err, got_err, "ESPO-CLIP",
                    lambda: want is not None and bool(np.any(np.abs(want) >= limit * 0.999)))

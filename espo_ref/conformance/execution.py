@@ -9,6 +9,7 @@ case. The parent compares; the worker only calls (its outputs travel as JSON ove
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import queue
@@ -23,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._device import torch_device
+from ..errors import ESPOInputError
 from .adapters import ADAPTERS, BadResult, ImplementationExited, ImplementationRaised, TrackedImpl
 from .arrays import decode, encode
 from .functions import FUNCTIONS
@@ -171,21 +174,12 @@ def detect_backend(fn: Callable) -> str:
 def check_device(device: str) -> None:
     if device == "cpu":
         return
+    if importlib.util.find_spec("torch") is None:
+        raise SetupError(f"--device {device}: torch is not installed")
     try:
-        import torch
-    except ImportError:
-        raise SetupError(f"--device {device}: torch is not installed") from None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise SetupError(f"--device {device!r} is not a torch device: {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SetupError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SetupError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise SetupError(f"--device {device}: MPS is not available on this machine")
+        torch_device(device)
+    except ESPOInputError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def resolve(target: Target, fn: Callable | None = None):

@@ -99,7 +99,7 @@ def run_properties(executor, target, examples: int, include=(), exclude=(), prof
     if not kept:
         return []
     failures: list = []
-    repro = reproduce_command(target, "property/*", profile, fields, None, executor.isolated) + f" --property {examples}"
+    repro = reproduce_command(target, "property/*", profile, fields, executor.isolated) + f" --property {examples}"
 
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), print_blob=False)

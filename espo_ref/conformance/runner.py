@@ -367,9 +367,11 @@ def _repro_prefix(impl: str) -> str:
     return "" if root == here else f"PYTHONPATH={shlex.quote(str(root))} "
 
 
-def reproduce_command(target: Target, case_id: str, profile: str, fields, timeout, isolate: bool) -> str:
+def reproduce_command(target: Target, case_id: str, profile: str, fields, isolate: bool) -> str:
     parts = [f"espo-ref conform --impl {target.impl} --function {target.function} --adapter {target.adapter}",
              f"--backend {target.backend} --device {target.device}"]
+    if profile != "full":  # the profile selects which property variants are drawn
+        parts.append(f"--profile {profile}")
     if fields is not None:
         parts.append(f"--fields {','.join(fields)}")
     if not isolate:
@@ -425,7 +427,7 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
         xfail = xfail or {}
         known = read_xfail_file(info["known_differences"]) if info.get("known_differences") else {}
         for case in chosen:
-            repro = reproduce_command(target, case.case_id, profile, fields, timeout, isolate)
+            repro = reproduce_command(target, case.case_id, profile, fields, isolate)
             res = run_case(executor, case, repro, fields, info.get("provides"))
             _apply_known(res, known, info["known_differences"])
             _apply_xfail(res, xfail)

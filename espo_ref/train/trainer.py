@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._device import torch_device
 from .._io import write_atomic
 from ..errors import ESPOInputError
 from . import checkpoint as ckpt
@@ -109,16 +110,9 @@ def compute_loss(algo: str, logp, rollout: Rollout, advantages, config):
 def resolve_device(name: str) -> torch.device:
     """The torch device of ``--device``; TrainInputError when it is not there."""
     try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise TrainInputError(f"--device {name}: not a device ({e})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainInputError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
-                                  f"torch.cuda.is_available() is False); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TrainInputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return torch_device(name)
+    except ESPOInputError as e:
+        raise TrainInputError(str(e)) from None
 
 
 @contextlib.contextmanager
