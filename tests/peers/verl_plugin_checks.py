@@ -7,8 +7,13 @@ JSON line {"passed": [...], "failed": {name: message}} and exits 1 when a check 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
 import sys
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -232,7 +237,107 @@ def check_install():
     return "patched"
 
 
-CHECKS = [check_equals_reference, check_micro_batch_sum, check_errors, check_verl_ppo_loss_path, check_install]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_verl_overrides() -> list[str]:
+    """The hydra overrides of the README's `python3 -m verl.trainer.main_ppo` command."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?verl\.trainer\.main_ppo.*?)```", text, re.S)
+    assert block, "README has no verl.trainer.main_ppo command"
+    command = block.group(1).replace("\\\n", " ")
+    line = next(ln for ln in command.splitlines() if "verl.trainer.main_ppo" in ln)
+    return shlex.split(line.split("verl.trainer.main_ppo", 1)[1])
+
+
+def check_readme_command():
+    """The README's command line composes through verl's own hydra config into the actor
+    config the loss reads, with the paper's setup."""
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    overrides = readme_verl_overrides()
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert isinstance(actor.policy_loss, ev.ESPOPolicyLossConfig), type(actor.policy_loss)
+    assert actor.policy_loss.loss_mode == "espo"
+    espo = ev.to_espo_config(actor, vocab_size=151936)
+    assert espo == ESPOConfig(vocab_size=151936, alpha=0.02, top_fraction=0.2), espo
+    assert (cfg.actor_rollout_ref.rollout.n, cfg.data.train_batch_size, cfg.actor_rollout_ref.actor.optim.lr,
+            cfg.actor_rollout_ref.rollout.temperature, cfg.data.max_response_length,
+            cfg.trainer.total_epochs) == (8, 128, 1e-6, 1.0, 16384, 3)
+    assert cfg.algorithm.adv_estimator == "grpo" and not cfg.algorithm.rollout_correction.bypass_mode
+    assert cfg.algorithm.rollout_correction.rollout_is is None
+    ev.check_float32_entropy(actor)  # the README's actor passes the entropy-precision guard
+    # ... and the same command without entropy_from_logits_with_chunking is refused, naming the key
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        bare = compose(config_name="ppo_trainer",
+                       overrides=[o for o in overrides if "entropy_from_logits_with_chunking" not in o])
+    try:
+        ev.check_float32_entropy(omega_conf_to_dataclass(bare.actor_rollout_ref.actor))
+    except ESPOInputError as exc:
+        assert "actor_rollout_ref.actor.entropy_from_logits_with_chunking=True" in str(exc), exc
+    else:
+        raise AssertionError("bf16 entropy path accepted")
+    return f"{len(overrides)} overrides composed"
+
+
+def check_bf16_entropy_claim():
+    """What check_float32_entropy's docstring and message claim, measured with verl's own functions."""
+    import verl.utils.torch_functional as F
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 151936, generator=g) * 3.0
+    logits[::2, 0] += 25.0  # half the rows nearly deterministic
+    logits = logits.bfloat16()
+    exact = F.entropy_from_logits(logits.double())
+    bf16 = (F.entropy_from_logits(logits).double() - exact).abs().max().item()
+    chunked = (F.entropy_from_logits_with_chunking(logits, 16).double() - exact).abs().max().item()
+    assert bf16 > 0.05 and chunked < 2e-3, (bf16, chunked)
+    return f"max |error| bf16 {bf16:.3f} nat, chunked float32 {chunked:.1e} nat"
+
+
+def check_entry_point():
+    """`import verl` alone (a fresh process, as a Ray worker starts) loads the plugin."""
+    code = ("import sys, verl\n"
+            "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY\n"
+            "import verl.workers.engine_workers as ew\n"
+            "print('espo' in POLICY_LOSS_REGISTRY, 'espo_ref.integrations.verl' in sys.modules,"
+            " ew.ppo_loss.__name__ == 'espo_ppo_loss')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                          env={k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_PLUGINS"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-3:] == ["True", "True", "True"], proc.stdout[-500:]
+    # verl's switch turns discovery off, and then nothing is registered
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                          env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"})
+    assert proc.stdout.split()[-3:] == ["False", "False", "False"], proc.stdout[-500:] + proc.stderr[-500:]
+
+
+def check_v0_hook_only_for_espo():
+    """The v0 hook copies the entropy only when the trainer's loss is "espo"."""
+    from types import SimpleNamespace
+
+    from verl import DataProto
+
+    def old_log_prob_pass(self, batch):
+        return DataProto.from_dict({"old_log_probs": torch.zeros(2, 3), "entropys": torch.rand(2, 3)})
+
+    hooked = _wrap_compute_old_log_prob(old_log_prob_pass)
+    for mode, kept in (("espo", True), ("vanilla", False)):
+        trainer = SimpleNamespace(config=SimpleNamespace(actor_rollout_ref=SimpleNamespace(
+            actor=SimpleNamespace(policy_loss=SimpleNamespace(loss_mode=mode)))))
+        out = hooked(trainer, None)
+        assert (ev.OLD_ENTROPY in out.batch.keys()) is kept, (mode, list(out.batch.keys()))
+
+
+CHECKS = [check_equals_reference, check_micro_batch_sum, check_errors, check_verl_ppo_loss_path, check_install,
+          check_readme_command, check_bf16_entropy_claim, check_entry_point, check_v0_hook_only_for_espo]
 
 if __name__ == "__main__":
     passed, failed, notes = [], {}, {}

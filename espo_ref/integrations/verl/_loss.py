@@ -194,10 +194,30 @@ def _old_entropy_of(data) -> torch.Tensor | None:
     return None
 
 
+def check_float32_entropy(config: Any) -> None:
+    """Refuse an FSDP actor whose old-log-prob pass computes the entropy from bf16 logits.
+
+    verl's FSDP engine computes the entropy from the logits in the model's compute dtype unless
+    ``entropy_from_logits_with_chunking`` is set (which upcasts each chunk to float32). Measured on
+    CPU with verl 0.9.1's own functions, V = 151936: bf16 logits give entropies off by 0.1 to 0.23
+    nat (and exact zeros where the true entropy is positive); the chunked path stays within 1e-3.
+    ESPO ranks and clips by that entropy ([ESPO-ENT-DOMAIN]), so the plugin asks for the float32 path.
+    """
+    strategy = getattr(config, "strategy", None)
+    chunked = getattr(config, "entropy_from_logits_with_chunking", None)
+    if strategy in ("fsdp", "fsdp2") and chunked is False:
+        raise ESPOInputError(
+            "ESPO needs the old entropy in float32, but this FSDP actor computes it from the logits in the "
+            "model's dtype (bf16 under mixed precision: off by tenths of a nat): set "
+            "actor_rollout_ref.actor.entropy_from_logits_with_chunking=True"
+        )
+
+
 def espo_ppo_loss(config, model_output, data, dp_group=None):
     """verl's ``ppo_loss`` that, for loss_mode "espo", hands the micro-batch's old entropy to the loss."""
     if _policy_loss_config(config).get("loss_mode", "vanilla") != "espo":
         return _VERL_PPO_LOSS(config, model_output, data, dp_group=dp_group)
+    check_float32_entropy(config)
     token = _OLD_ENTROPY_VAR.set(_old_entropy_of(data))
     try:
         return _VERL_PPO_LOSS(config, model_output, data, dp_group=dp_group)
@@ -205,10 +225,20 @@ def espo_ppo_loss(config, model_output, data, dp_group=None):
         _OLD_ENTROPY_VAR.reset(token)
 
 
+def _trainer_uses_espo(trainer: Any) -> bool:
+    """Whether a RayPPOTrainer's actor loss is "espo" (True when its config cannot be read)."""
+    try:
+        return trainer.config.actor_rollout_ref.actor.policy_loss.loss_mode == "espo"
+    except AttributeError:
+        return True
+
+
 def _wrap_compute_old_log_prob(original):
     @functools.wraps(original)
     def compute_old_log_prob(self, batch):
         out = original(self, batch)
+        if not _trainer_uses_espo(self):  # other losses: the batch stays as verl makes it
+            return out
         old, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
         entropys = old.batch.get("entropys", None) if old.batch is not None else None
         if entropys is not None:
