@@ -11,9 +11,12 @@ from .config import ESPOConfig
 from .entropy import token_entropy
 from .errors import ESPOInputError
 from .grouping import entropy_groups, high_group_size, trained_tokens
-from .objective import aggregation_weights, clipped_surrogate, espo_loss, token_ratio
-from .ratio import group_log_ratio
+from .aggregation import aggregation_weights
+from .metrics import espo_metrics
+from .objective import espo_loss
+from .ratio import group_log_ratio, token_ratio
 from .result import LossResult
+from .surrogate import clipped_surrogate
 
 __all__ = [
     "SPEC_VERSION",
@@ -33,17 +36,13 @@ __all__ = [
     "aggregation_weights",
     "grpo_advantages",
     "espo_loss",
+    "espo_metrics",
 ]
 
 # --- baselines ---
 from .aggregation import LOSS_AGG_MODES, agg_loss, agg_weights
+from .config import BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig, GSPOConfig
 from .baselines import (
-    BaselineConfig,
-    CISPOConfig,
-    DAPOConfig,
-    GMPOConfig,
-    GRPOConfig,
-    GSPOConfig,
     cispo_loss,
     dapo_loss,
     gmpo_loss,

@@ -12,7 +12,7 @@ import numpy as np
 from .errors import ESPOInputError
 
 
-def _first_index(bad: np.ndarray) -> tuple[int, ...]:
+def first_index(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
@@ -37,7 +37,7 @@ def as_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
         raise ESPOInputError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
     bad = (arr != 0) & (arr != 1)
     if bad.any():
-        idx = _first_index(bad)
+        idx = first_index(bad)
         raise ESPOInputError(
             f"{name} must be boolean or 0/1, found {arr[idx]!r} at index {list(idx)}"
         )
@@ -53,7 +53,7 @@ def finite_on(arr: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
     """Raise if arr is non-finite at a response position; return arr with padding zeroed."""
     bad = mask & ~np.isfinite(arr)
     if bad.any():
-        idx = _first_index(bad)
+        idx = first_index(bad)
         raise ESPOInputError(
             f"{name} has a non-finite value {arr[idx]!r} at response position {list(idx)}"
         )
@@ -64,7 +64,7 @@ def entropy_in_range(entropy: np.ndarray, mask: np.ndarray, log_vocab: float, to
     """Eq. 6 bounds: 0 <= e <= log|V|, up to an absolute tolerance [ESPO-ENT-DOMAIN]."""
     bad = mask & ((entropy < -tol) | (entropy > log_vocab + tol))
     if bad.any():
-        idx = _first_index(bad)
+        idx = first_index(bad)
         raise ESPOInputError(
             f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
             f"(tolerance {tol:g}); found {entropy[idx]!r} at response position {list(idx)}"
@@ -107,7 +107,7 @@ def log_ratio(lp: np.ndarray, olp: np.ndarray, mask: np.ndarray) -> np.ndarray:
         log_r = np.where(mask, lp - olp, 0.0)
     bad = ~np.isfinite(log_r)
     if bad.any():
-        idx = _first_index(bad)
+        idx = first_index(bad)
         raise ESPOInputError(
             f"logp - old_logp overflows float64 at response position {list(idx)} "
             f"(logp {lp[idx]!r}, old_logp {olp[idx]!r})"

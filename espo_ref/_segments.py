@@ -14,11 +14,15 @@ from ._stable import in_range, scaled_sum
 class Segments:
     """Flat segment ids of the included tokens of a [B, T] group-id array."""
 
-    def __init__(self, groups: np.ndarray, include: np.ndarray):
+    def __init__(self, groups: np.ndarray, include: np.ndarray, width: int | None = None):
+        """``groups`` int [B, T]; ``include`` bool [B, T]; ``width`` W if known (else read from
+        the data)."""
         B, T = groups.shape
         self.shape = (B, T)
         self.include = include
-        self.width = int(groups[include].max()) + 1 if include.any() else 1
+        if width is None:
+            width = int(groups[include].max()) + 1 if include.any() else 1
+        self.width = max(int(width), 1)
         seg = np.arange(B, dtype=np.int64)[:, None] * self.width + np.where(include, groups, 0)
         self.seg = seg
         self.flat = seg[include]
@@ -49,3 +53,11 @@ class Segments:
         """K_i: the number of non-empty groups of each row."""
         B = self.shape[0]
         return (self.counts.reshape(B, self.width) > 0).sum(axis=1)
+
+
+def group_segments(groups: np.ndarray, trained: np.ndarray, drop_low_group: bool,
+                   width: int | None = None) -> tuple[Segments, Segments]:
+    """(response segments, trained segments) of a group array, built once per loss: the same
+    object unless ``drop_low_group`` leaves response tokens untrained ([ESPO-GROUP-DROPLOW])."""
+    seg = Segments(groups, groups >= 0, width)
+    return seg, (Segments(groups, trained, seg.width) if drop_low_group else seg)

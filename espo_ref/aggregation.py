@@ -1,4 +1,5 @@
-"""Loss aggregation over a padded batch [BASE-AGG], with empty rows pinned [BASE-AGG-EMPTY].
+"""Aggregation: ESPO's weights over groups, responses and the batch [ESPO-AGG], and the
+baselines' four modes over a padded batch [BASE-AGG], with empty rows pinned [BASE-AGG-EMPTY].
 
 Every mode is linear in the per-token loss, so it is written as a weight per token:
 ``agg_loss(l, mask, mode) = sum_{b,t} w[b,t] * l[b,t]`` with ``w = agg_weights(mask, mode)``.
@@ -9,30 +10,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_mask, as_real_array, finite_on
-from .config import is_integer_number
+from ._checks import as_mask, as_real_array, check_shape, finite_on
+from ._segments import Segments
+from .config import LOSS_AGG_MODES, check_agg_mode
 from .errors import ESPOInputError
 
-LOSS_AGG_MODES = (
-    "token-mean",
-    "seq-mean-token-mean",
-    "seq-mean-token-sum",
-    "seq-mean-token-sum-norm",
-)
+__all__ = ["LOSS_AGG_MODES", "check_agg_mode", "aggregation_weights", "agg_weights", "agg_loss"]
 
 
-def check_agg_mode(mode, max_len=None, name: str = "loss_agg_mode") -> None:
-    """[BASE-AGG] A known mode; ``max_len`` (int >= 1) only with seq-mean-token-sum-norm."""
-    if mode not in LOSS_AGG_MODES:
-        raise ESPOInputError(f"{name} must be one of {LOSS_AGG_MODES}, got {mode!r}")
-    if max_len is None:
-        return
-    if mode != "seq-mean-token-sum-norm":
-        raise ESPOInputError(
-            f"max_len is only used by loss_agg_mode='seq-mean-token-sum-norm', got mode {mode!r}"
-        )
-    if not is_integer_number(max_len) or max_len < 1:
-        raise ESPOInputError(f"max_len must be an int >= 1 or None, got {max_len!r}")
+def aggregation_weights(groups, trained, mask) -> np.ndarray:
+    """[ESPO-AGG] Eq. 5 weights: w_t = 1 / (N K_i |tau|) for trained tokens, else 0.
+
+    N = the responses with at least one response token, K_i = the trained non-empty
+    groups of response i, |tau| = the trained tokens of the token's group.
+    """
+    m = as_mask(mask, "mask", np.shape(mask))
+    t = as_mask(trained, "trained", m.shape)
+    g = np.asarray(groups)
+    check_shape(g, "groups", m.shape, "mask")
+    return _aggregation_weights(Segments(g, t), m)[0]
+
+
+def _aggregation_weights(trained_seg: Segments, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weights from the trained segments, and K_i."""
+    responses = int(mask.any(axis=1).sum())
+    if responses == 0:
+        raise ESPOInputError("mask has no response token: the objective is undefined")
+    trained = trained_seg.include
+    k = trained_seg.groups_per_row()
+    size = trained_seg.to_tokens(trained_seg.counts.astype(np.float64))
+    denom = responses * np.maximum(k, 1)[:, None] * np.where(trained, size, 1.0)
+    return np.where(trained, 1.0 / denom, 0.0), k
+
 
 
 def agg_weights(mask, mode: str, max_len: int | None = None) -> np.ndarray:
@@ -48,7 +57,11 @@ def agg_weights(mask, mode: str, max_len: int | None = None) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ESPOInputError(f"mask must be 2-D [B, T], got shape {m.shape}")
-    m = as_mask(m, "mask", m.shape)
+    return _agg_weights(as_mask(m, "mask", m.shape), mode, max_len)
+
+
+def _agg_weights(m: np.ndarray, mode: str, max_len: int | None) -> np.ndarray:
+    """The weights of a checked boolean mask ``m`` (mode already checked)."""
     lengths = m.sum(axis=1)
     tokens = int(lengths.sum())
     if tokens == 0:
@@ -78,7 +91,8 @@ def agg_loss(per_token, mask, mode: str, max_len: int | None = None) -> float:
     """
     values = as_real_array(per_token, "per_token", ndim=2)
     m = as_mask(mask, "mask", values.shape)
-    weights = agg_weights(m, mode, max_len)
+    check_agg_mode(mode, max_len)
+    weights = _agg_weights(m, mode, max_len)
     values = finite_on(values, m, "per_token")
     with np.errstate(over="ignore", invalid="ignore"):
         total = float(np.sum(weights * values))

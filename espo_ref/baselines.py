@@ -9,151 +9,27 @@ spec says which option reproduces it.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
-
 import numpy as np
 
-from ._checks import advantages_2d, loss_overflow, token_inputs
+from ._checks import advantages_2d, token_inputs
 from ._checks import log_ratio as raw_log_ratio
-from ._stable import approx_kl, finite_mean, in_range, scaled_sum
-from .aggregation import agg_weights, check_agg_mode
-from .config import _check_real, check_known_fields, plain_scalars
-from .errors import ESPOInputError
-from .objective import clipped_surrogate, exp_ratio, ratio_and_advantage
+from ._stable import in_range, scaled_sum
+from .aggregation import _agg_weights
+from .config import (GSPO_LEVELS, BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig,
+                     GSPOConfig, baseline_config)
+from .metrics import baseline_metrics
 from .result import LossResult
+from .surrogate import check_loss, clipped_surrogate, exp_ratio, ratio_and_advantage
 
-GSPO_LEVELS = ("token", "sequence")
+__all__ = [
+    "GSPO_LEVELS", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig",
+    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "clamp_log_ratio", "token_log_ratio",
+    "ppo_clip_token_loss", "grpo_loss", "dapo_loss", "gspo_loss", "gmpo_clipped_log_ratio",
+    "gmpo_loss", "cispo_loss",
+]
+
 # GMPO's log-ratio is clipped on one side only (by the sign of A), and it has no clamp.
 GMPO_OVERFLOW_REMEDY = "GMPO has no log-ratio clamp: keep logp - old_logp within the float range"
-
-
-# --- configuration -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """[BASE-CONFIG] Fields shared by every baseline: clip offsets and the aggregation.
-
-    ``eps_low``, ``eps_high`` >= 0 (offsets: the range is [1 - eps_low, 1 + eps_high], in
-    log space [-eps_low, eps_high] for GMPO); ``loss_agg_mode`` one of LOSS_AGG_MODES;
-    ``max_len`` (int >= 1) only with ``"seq-mean-token-sum-norm"`` (None: T).
-    """
-
-    method: ClassVar[str] = "base"
-
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    loss_agg_mode: str = "seq-mean-token-mean"
-    max_len: int | None = None
-
-    def __post_init__(self) -> None:
-        plain_scalars(self)  # numpy scalars are accepted as the Python values they hold
-        for name in ("eps_low", "eps_high"):
-            if _check_real(name, getattr(self, name)) < 0:
-                raise ESPOInputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        check_agg_mode(self.loss_agg_mode, self.max_len)
-        clamp = getattr(self, "log_ratio_clamp", None)
-        if clamp is not None and _check_real("log_ratio_clamp", clamp) <= 0:
-            raise ESPOInputError(f"log_ratio_clamp must be > 0 or None, got {clamp}")
-
-    def replace(self, **changes: Any) -> "BaselineConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BaselineConfig":
-        check_known_fields(cls, data)
-        return cls(**data)
-
-
-def _check_dual_clip(value) -> None:
-    if value is not None and _check_real("dual_clip", value) <= 1.0:
-        raise ESPOInputError(f"dual_clip must be > 1 or None, got {value}")
-
-
-@dataclass(frozen=True)
-class GRPOConfig(BaselineConfig):
-    """[BASE-GRPO] GRPO (Eq. 1): eps 0.2/0.2, seq-mean-token-mean, log-ratio clamp [-20, 20],
-    dual clip off [BASE-GRPO-DUALCLIP]."""
-
-    method: ClassVar[str] = "grpo"
-
-    log_ratio_clamp: float | None = 20.0
-    dual_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_dual_clip(self.dual_clip)
-
-
-@dataclass(frozen=True)
-class DAPOConfig(GRPOConfig):
-    """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher 0.2/0.28 and token-mean (GRPO's
-    fields and checks, other defaults; dapo_loss still accepts a DAPOConfig only)."""
-
-    method: ClassVar[str] = "dapo"
-
-    eps_high: float = 0.28
-    loss_agg_mode: str = "token-mean"
-
-
-@dataclass(frozen=True)
-class GSPOConfig(BaselineConfig):
-    """[BASE-GSPO] GSPO: eps 3e-4/4e-4, seq-mean-token-mean, log s clamped above at 10;
-    ``level="sequence"`` is the plain sequence form [BASE-GSPO-SEQ]."""
-
-    method: ClassVar[str] = "gspo"
-
-    eps_low: float = 3e-4
-    eps_high: float = 4e-4
-    log_ratio_clamp: float | None = 10.0
-    level: str = "token"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.level not in GSPO_LEVELS:
-            raise ESPOInputError(f"level must be one of {GSPO_LEVELS}, got {self.level!r}")
-
-
-@dataclass(frozen=True)
-class GMPOConfig(BaselineConfig):
-    """[BASE-GMPO] GMPO: sign-aware log-space clip 0.4/0.4, seq-mean-token-mean (the mean
-    over responses), no log-ratio clamp."""
-
-    method: ClassVar[str] = "gmpo"
-
-    eps_low: float = 0.4
-    eps_high: float = 0.4
-
-
-@dataclass(frozen=True)
-class CISPOConfig(BaselineConfig):
-    """[BASE-CISPO] CISPO: weight offsets eps_low 1.0 / eps_high 4.0 (TRL cap 5.0),
-    token-mean, log-ratio clamp [-20, 20]."""
-
-    method: ClassVar[str] = "cispo"
-
-    eps_low: float = 1.0
-    eps_high: float = 4.0
-    loss_agg_mode: str = "token-mean"
-    log_ratio_clamp: float | None = 20.0
-
-
-# --- shared pieces -----------------------------------------------------------------------
-
-
-def _config(config, cls):
-    if config is None:
-        return cls()
-    if type(config) is not cls:
-        raise ESPOInputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-    config.__post_init__()  # a config built without its checks is still refused [BASE-CONFIG]
-    return config
 
 
 def _inputs(logp, old_logp, mask, advantages):
@@ -209,44 +85,6 @@ def token_log_ratio(lp, olp, mask, config):
     return clamp_log_ratio(lp - olp, mask, None if c is None else -c, c)
 
 
-def _mean_on(values: np.ndarray, where: np.ndarray) -> float:
-    count = int(where.sum())
-    if not count:
-        return 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        plain = float(np.where(where, values, 0.0).sum() / count)
-    return finite_mean(plain, values, where)
-
-
-def check_loss(loss, grad, what) -> None:
-    """[BASE-INPUT] A loss or gradient beyond the float64 range is an error (``what()`` gives
-    the sizes to report)."""
-    if not (np.isfinite(loss) and np.isfinite(grad).all()):
-        raise loss_overflow(what())
-
-
-def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped) -> dict[str, float]:
-    """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
-    the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
-    Every value is finite: means are summed scaled where a plain sum would overflow, and the
-    k3 mean saturates at the largest float64."""
-    tokens = int(mask.sum())
-    with np.errstate(over="ignore", invalid="ignore"):
-        k3 = np.where(mask, np.expm1(log_r) - log_r, 0.0)
-        neg_log_r = -log_r
-    return {
-        "tokens": float(tokens),
-        "responses": float(mask.any(axis=1).sum()),
-        "clipfrac": float((clipped_high | clipped_low).sum() / tokens),
-        "clipfrac_high": float(clipped_high.sum() / tokens),
-        "clipfrac_low": float(clipped_low.sum() / tokens),
-        "clamped_frac": float(clamped.sum() / tokens),
-        "ratio_mean": _mean_on(ratio, mask),
-        "approx_kl": approx_kl(_mean_on(k3, mask), log_r, mask),
-        "ppo_kl": _mean_on(neg_log_r, mask),
-    }
-
-
 def _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, mask, log_ratio, extras):
     return LossResult(
         loss=float(loss),
@@ -291,7 +129,7 @@ def _ppo_clip_loss(logp, old_logp, mask, advantages, config) -> LossResult:
     per_token, clipped_high, clipped_low, dual = ppo_clip_token_loss(
         ratio, adv, m, config.eps_low, config.eps_high, config.dual_clip
     )
-    weight = agg_weights(m, config.loss_agg_mode, config.max_len)
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len)
     with np.errstate(over="ignore", invalid="ignore"):
         loss = np.sum(weight * per_token)
         passes = m & ~clipped_high & ~clipped_low & ~dual & ~clamped
@@ -309,12 +147,12 @@ def grpo_loss(logp, old_logp, mask, advantages, config: GRPOConfig | None = None
     r = exp(clamp(logp - old_logp, -20, 20)) [BASE-RATIO-CLAMP]; d loss / d logp_t =
     -w_t A_t r_t unless the token is clipped, dual-clipped or clamped (then 0).
     """
-    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, GRPOConfig))
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, baseline_config(config, GRPOConfig))
 
 
 def dapo_loss(logp, old_logp, mask, advantages, config: DAPOConfig | None = None) -> LossResult:
     """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher (0.2, 0.28), token-mean."""
-    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, DAPOConfig))
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, baseline_config(config, DAPOConfig))
 
 
 # --- GSPO --------------------------------------------------------------------------------
@@ -328,7 +166,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     d s_i / d logp_t = s_i / L_i. Both equal with a per-response advantage
     [BASE-IDENTITIES]. A clamped response has gradient 0.
     """
-    config = _config(config, GSPOConfig)
+    config = baseline_config(config, GSPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
     log_r = raw_log_ratio(lp, olp, m)
     log_s = to_tokens(row_mean(log_r, m), m)
@@ -338,7 +176,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
         ratio, adv, config.eps_low, config.eps_high, m
     )
     per_token = -surrogate
-    weight = agg_weights(m, config.loss_agg_mode, config.max_len)
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len)
     with np.errstate(over="ignore", invalid="ignore"):
         loss = np.sum(weight * per_token)
         passes = m & ~clipped_high & ~clipped_low & ~clamped
@@ -375,7 +213,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     d loss / d logp_t = W_i (-A_i ratio_i) / L_i with W_i = sum of the aggregation weights of
     row i, for tokens whose clipped log-ratio passes (A_t != 0 and not clipped); else 0.
     """
-    config = _config(config, GMPOConfig)
+    config = baseline_config(config, GMPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
     log_r = raw_log_ratio(lp, olp, m)
     clipped_lr, clipped_high, clipped_low = gmpo_clipped_log_ratio(
@@ -384,7 +222,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     log_ratio = to_tokens(row_mean(clipped_lr, m), m)
     ratio = exp_ratio(log_ratio, m, GMPO_OVERFLOW_REMEDY)
     adv_seq = to_tokens(row_mean(adv, m), m)
-    weight = agg_weights(m, config.loss_agg_mode, config.max_len)
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len)
     with np.errstate(over="ignore", invalid="ignore"):
         per_token = -adv_seq * ratio
         loss = np.sum(weight * per_token)
@@ -413,7 +251,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     r = exp(clamp(logp - old_logp, -20, 20)); d loss / d logp_t = -w_t clip(r_t) A_t on every
     response token (the clip caps the weight, it never zeroes the gradient).
     """
-    config = _config(config, CISPOConfig)
+    config = baseline_config(config, CISPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages)
     raw = raw_log_ratio(lp, olp, m)
     log_r, clamped = token_log_ratio(lp, olp, m, config)
@@ -423,7 +261,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     clipped_high = m & (adv > 0) & (ratio > high)
     clipped_low = m & (adv < 0) & (ratio < low)
     capped = m & ((ratio > high) | (ratio < low))
-    weight = agg_weights(m, config.loss_agg_mode, config.max_len)
+    weight = _agg_weights(m, config.loss_agg_mode, config.max_len)
     with np.errstate(over="ignore", invalid="ignore"):
         per_token = -is_weight * adv * lp
         loss = np.sum(weight * per_token)

@@ -1,4 +1,4 @@
-"""Token entropy of the old policy, Eq. 6 [ESPO-ENT]."""
+"""Token entropy of the old policy, Eq. 6 [ESPO-ENT], and its domain [ESPO-ENT-DOMAIN]."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._checks import as_real_array
+from ._checks import as_mask, as_real_array, entropy_in_range, finite_on
 from .config import is_real_number
 from .errors import ESPOInputError
 
@@ -51,3 +51,13 @@ def token_entropy(logits, temperature: float = 1.0) -> np.ndarray:
     prob = weights / total[..., None]
     entropy = np.log(total) - np.sum(prob * shifted, axis=-1)
     return np.maximum(entropy, 0.0)
+
+
+def validate_entropy(entropy, mask, config, name: str = "entropy"):
+    """[ESPO-ENT-DOMAIN] The validated float64 entropy [B, T] (padding zeroed, values inside
+    the tolerance band below 0 clamped to 0) and the boolean mask."""
+    ent = as_real_array(entropy, name, ndim=2)
+    m = as_mask(mask, "mask", ent.shape)
+    ent = finite_on(ent, m, name)
+    entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
+    return np.maximum(ent, 0.0), m

@@ -6,8 +6,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._checks import as_mask, as_real_array, check_shape, entropy_in_range, finite_on
-from .config import ESPOConfig, _check_real, check_config
+from ._checks import check_shape
+from .config import ESPOConfig, check_config, decimal_fraction
+from .entropy import validate_entropy
 from .errors import ESPOInputError
 
 HIGH_GROUP = 0
@@ -24,19 +25,13 @@ def high_group_size(lengths, top_fraction: float) -> np.ndarray:
     lengths = np.asarray(lengths)
     if lengths.dtype.kind not in "iu" or (lengths < 0).any():
         raise ESPOInputError(f"lengths must be non-negative integers, got {lengths!r}")
-    rho = decimal_fraction(top_fraction)
+    return _high_group_size(lengths, decimal_fraction(top_fraction))
+
+
+def _high_group_size(lengths: np.ndarray, rho: Fraction) -> np.ndarray:
     exact = -((-lengths.astype(object) * rho.numerator) // rho.denominator)
     n_high = np.asarray(exact, dtype=np.int64).reshape(lengths.shape)
     return np.minimum(np.maximum(n_high, 1), lengths)
-
-
-def decimal_fraction(top_fraction) -> Fraction:
-    """[ESPO-GROUP-TOPFRAC] rho as the exact decimal it prints as; a value that is not a finite
-    real number in (0, 1] is an error naming ``top_fraction``."""
-    rho = _check_real("top_fraction", top_fraction)
-    if not 0.0 < rho <= 1.0:
-        raise ESPOInputError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    return Fraction(repr(rho))
 
 
 def _rank_descending(key: np.ndarray, axis: int) -> np.ndarray:
@@ -51,15 +46,15 @@ def _rank_descending(key: np.ndarray, axis: int) -> np.ndarray:
     return rank
 
 
-def _top_fraction(entropy: np.ndarray, mask: np.ndarray, rho: float) -> np.ndarray:
-    n_high = high_group_size(mask.sum(axis=1), rho)
+def _top_fraction(entropy: np.ndarray, mask: np.ndarray, rho: Fraction) -> np.ndarray:
+    n_high = _high_group_size(mask.sum(axis=1), rho)
     key = np.where(mask, entropy, -np.inf)
     rank = _rank_descending(key, axis=1)
     return np.where(rank < n_high[:, None], HIGH_GROUP, LOW_GROUP)
 
 
-def _batch_top_fraction(entropy: np.ndarray, mask: np.ndarray, rho: float) -> np.ndarray:
-    n_high = high_group_size(np.array([mask.sum()]), rho)[0]
+def _batch_top_fraction(entropy: np.ndarray, mask: np.ndarray, rho: Fraction) -> np.ndarray:
+    n_high = _high_group_size(np.array([mask.sum()]), rho)[0]
     key = np.where(mask, entropy, -np.inf).reshape(-1)
     rank = _rank_descending(key, axis=0).reshape(mask.shape)
     return np.where(rank < n_high, HIGH_GROUP, LOW_GROUP)
@@ -73,17 +68,6 @@ def _entropy_ranges(entropy: np.ndarray, config: ESPOConfig) -> np.ndarray:
     return edges.size - np.searchsorted(edges, normalised, side="right")
 
 
-def validate_entropy(entropy, mask, config: ESPOConfig, name: str = "entropy"):
-    """Validated float64 entropy [B, T] (padding zeroed, clamped below at 0) and the
-    boolean mask [ESPO-ENT-DOMAIN]."""
-    ent = as_real_array(entropy, name, ndim=2)
-    m = as_mask(mask, "mask", ent.shape)
-    ent = finite_on(ent, m, name)
-    entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
-    # [ESPO-ENT-DOMAIN] values inside the tolerance band below 0 are clamped to 0.
-    return np.maximum(ent, 0.0), m
-
-
 def entropy_groups(entropy, mask, config: ESPOConfig) -> np.ndarray:
     """[ESPO-GROUP] Eq. 7: the group index of each response token, int64 [B, T], -1 on padding.
 
@@ -93,11 +77,15 @@ def entropy_groups(entropy, mask, config: ESPOConfig) -> np.ndarray:
     """
     check_config(config, ESPOConfig)
     ent, m = validate_entropy(entropy, mask, config)
+    return _entropy_groups(ent, m, config)
+
+
+def _entropy_groups(ent: np.ndarray, m: np.ndarray, config: ESPOConfig) -> np.ndarray:
     B, T = m.shape
     if config.grouping == "top_fraction":
-        groups = _top_fraction(ent, m, config.top_fraction)
+        groups = _top_fraction(ent, m, decimal_fraction(config.top_fraction))
     elif config.grouping == "batch_top_fraction":
-        groups = _batch_top_fraction(ent, m, config.top_fraction)
+        groups = _batch_top_fraction(ent, m, decimal_fraction(config.top_fraction))
     elif config.grouping == "entropy_ranges":
         groups = _entropy_ranges(ent, config)
     elif config.grouping == "none":
@@ -115,12 +103,14 @@ def trained_tokens(groups: np.ndarray, config: ESPOConfig) -> np.ndarray:
     return groups >= 0
 
 
-def check_groups(groups, mask_shape: tuple[int, ...], name: str = "groups") -> np.ndarray:
-    """Validate a [B, T] integer group array (-1 = padding)."""
+def check_groups(groups, mask_shape: tuple[int, ...] | None, name: str = "groups") -> np.ndarray:
+    """[ESPO-GROUP] Validate a [B, T] integer group array (-1 = padding) of ``mask_shape``
+    (None: any shape)."""
     g = np.asarray(groups)
     if g.dtype.kind not in "iu":
         raise ESPOInputError(f"{name} must be an integer array, got dtype {g.dtype}")
-    check_shape(g, name, mask_shape, "the token arrays")
+    if mask_shape is not None:
+        check_shape(g, name, mask_shape, "the token arrays")
     if (g < PADDING).any():
         raise ESPOInputError(f"{name} must be >= -1 (-1 marks padding), got min {g.min()}")
     return g.astype(np.int64)

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 import espo_ref
+import espo_ref.entropy as entropy_module
 import espo_ref.grouping as grouping
 import espo_ref.objective as objective
 from espo_ref._segments import Segments
@@ -38,14 +39,14 @@ def _with_config(**changes) -> Callable:
     return loss
 
 
-def _n_high_floor(lengths, top_fraction):
+def _n_high_floor(lengths, rho):
     lengths = np.asarray(lengths)
-    return np.minimum(np.maximum(np.floor(top_fraction * lengths).astype(np.int64), 1), lengths)
+    return np.minimum(np.maximum(np.floor(float(rho) * lengths).astype(np.int64), 1), lengths)
 
 
-def _n_high_float_ceil(lengths, top_fraction):
+def _n_high_float_ceil(lengths, rho):
     lengths = np.asarray(lengths)
-    return np.minimum(np.maximum(np.ceil(top_fraction * lengths).astype(np.int64), 1), lengths)
+    return np.minimum(np.maximum(np.ceil(float(rho) * lengths).astype(np.int64), 1), lengths)
 
 
 def _rank_later_first(key, axis):
@@ -60,11 +61,12 @@ def _rank_later_first(key, axis):
     return rank
 
 
-def _token_mean_weights(groups, trained, mask):
+def _token_mean_weights(trained_seg, mask):
+    trained = trained_seg.include
     count = trained.sum()
     if count == 0:
         raise espo_ref.ESPOInputError("mask has no response token: the objective is undefined")
-    return np.where(trained, 1.0 / count, 0.0)
+    return np.where(trained, 1.0 / count, 0.0), trained_seg.groups_per_row()
 
 
 def _grad_through_stop_gradient(logp, old_logp, entropy, mask, advantages, config):
@@ -95,21 +97,20 @@ def _validate_entropy_unclamped(entropy, mask, config, name="entropy"):
     return ent, m
 
 
-def _clip_bounds_unclamped(entropy, groups, config):
-    seg = Segments(groups, groups >= 0)
-    eps = config.alpha / config.log_vocab * seg.to_tokens(seg.means(np.where(groups >= 0, entropy, 0.0)))
+def _clip_bounds_unclamped(entropy, seg, trained_seg, config):
+    eps = config.alpha / config.log_vocab * seg.to_tokens(seg.means(np.where(seg.include, entropy, 0.0)))
     return eps, eps
 
 
 def _no_entropy_clamp(logp, old_logp, entropy, mask, advantages, config):
     with patched(objective, "validate_entropy", _validate_entropy_unclamped), \
-            patched(objective, "clip_bounds", _clip_bounds_unclamped):
+            patched(objective, "_clip_bounds", _clip_bounds_unclamped):
         return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
 
 
 def _validate_entropy_without_band(entropy, mask, config, name="entropy"):
     """Rejects any entropy outside [0, log V]: no tolerance band."""
-    return grouping.validate_entropy(entropy, mask, config.replace(entropy_tolerance=0.0), name)
+    return entropy_module.validate_entropy(entropy, mask, config.replace(entropy_tolerance=0.0), name)
 
 
 def _advantages_without_bessel(rewards, prompt_ids, valid=None, ddof=1, eps=1e-6):
@@ -119,12 +120,12 @@ def _advantages_without_bessel(rewards, prompt_ids, valid=None, ddof=1, eps=1e-6
 # name -> (function the mutant implements, mutant, the clause its failure must name)
 MUTANTS: dict[str, tuple[str, Callable, str]] = {
     "std-without-bessel": ("grpo_advantages", _advantages_without_bessel, "ESPO-ADV"),
-    "n-high-floor": ("espo_loss", _with_patch(grouping, "high_group_size", _n_high_floor), "ESPO-GROUP-TOPFRAC"),
-    "n-high-float-ceil": ("espo_loss", _with_patch(grouping, "high_group_size", _n_high_float_ceil), "ESPO-GROUP-TOPFRAC"),
+    "n-high-floor": ("espo_loss", _with_patch(grouping, "_high_group_size", _n_high_floor), "ESPO-GROUP-TOPFRAC"),
+    "n-high-float-ceil": ("espo_loss", _with_patch(grouping, "_high_group_size", _n_high_float_ceil), "ESPO-GROUP-TOPFRAC"),
     "ties-later-first": ("espo_loss", _with_patch(grouping, "_rank_descending", _rank_later_first), "ESPO-GROUP-TOPFRAC"),
     "eq9-literal": ("espo_loss", _with_config(ratio_form="literal"), "ESPO-RATIO-TOKEN"),
     "eps-per-token": ("espo_loss", _with_config(eps_reading="token_over_groups"), "ESPO-CLIP"),
-    "token-mean-aggregation": ("espo_loss", _with_patch(objective, "aggregation_weights", _token_mean_weights), "ESPO-AGG"),
+    "token-mean-aggregation": ("espo_loss", _with_patch(objective, "_aggregation_weights", _token_mean_weights), "ESPO-AGG"),
     "no-clamp": ("espo_loss", _with_config(log_ratio_clamp=None), "ESPO-RATIO-CLAMP"),
     "grad-through-stop-gradient": ("espo_loss", _grad_through_stop_gradient, "ESPO-RATIO-TOKEN"),
     "clip-mask-ge": ("espo_loss", _with_patch(objective, "clipped_surrogate", _clipped_surrogate_ge), "ESPO-CLIPMASK"),

@@ -11,11 +11,14 @@ from ..config import ESPOConfig
 from ..errors import ESPOInputError
 from ..result import LossResult
 from .advantage import grpo_advantages
+from .aggregation import aggregation_weights
 from .clipping import clip_bounds, group_clip_eps
 from .entropy import token_entropy
 from .grouping import entropy_groups, high_group_size, trained_tokens
-from .objective import aggregation_weights, clipped_surrogate, espo_loss, espo_metrics, token_ratio
-from .ratio import group_log_ratio
+from .metrics import espo_metrics
+from .objective import espo_loss
+from .ratio import group_log_ratio, token_ratio
+from .surrogate import clipped_surrogate
 
 __all__ = [
     "ESPOConfig",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 # --- baselines ---
-from ..baselines import BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig, GSPOConfig
+from ..config import BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig, GSPOConfig
 from .aggregation import LOSS_AGG_MODES, agg_loss, agg_weights
 from .baselines import cispo_loss, dapo_loss, gmpo_loss, grpo_loss, gspo_loss
 

@@ -89,7 +89,7 @@ def first_index(bad: torch.Tensor) -> list[int]:
     return [int(i) for i in bad.nonzero()[0].tolist()]
 
 
-def as_real_tensor(x, name: str, ndim: int | None = None, device=None) -> torch.Tensor:
+def as_real_array(x, name: str, ndim: int | None = None, device=None) -> torch.Tensor:
     """A real (non-bool, non-complex) tensor, in its own dtype; the core's as_real_array."""
     t, numpy_name = coerce(x, device)
     if t is None or not is_real(t.dtype):
@@ -184,7 +184,7 @@ def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str 
                   validate: bool = True) -> torch.Tensor:
     """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0.
     Detached: advantages are constants of every loss [ESPO-OBJ]."""
-    adv = as_real_tensor(advantages, name, device=mask.device).detach()
+    adv = as_real_array(advantages, name, device=mask.device).detach()
     B, T = mask.shape
     if adv.ndim == 1:
         if tuple(adv.shape) != (B,):
@@ -208,8 +208,8 @@ def token_inputs(logp, old_logp, mask, names=("logp", "old_logp"), validate: boo
     dtype with padding zeroed (logp keeps its autograd graph; old_logp is detached, a
     constant of every loss [ESPO-OBJ], even when the caller passes logp itself), and the
     boolean mask."""
-    lp = as_real_tensor(logp, names[0], ndim=2)
-    olp = as_real_tensor(old_logp, names[1], device=lp.device).detach()
+    lp = as_real_array(logp, names[0], ndim=2)
+    olp = as_real_array(old_logp, names[1], device=lp.device).detach()
     check_shape(olp, names[1], tuple(lp.shape), names[0])
     m = as_mask(mask, "mask", tuple(lp.shape), device=lp.device, validate=validate)
     dtype = compute_dtype(lp)

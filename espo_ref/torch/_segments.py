@@ -84,3 +84,11 @@ class Segments:
     def groups_per_row(self) -> torch.Tensor:
         """K_i: the number of non-empty groups of each row."""
         return (self.counts > 0).sum(dim=1)
+
+
+def group_segments(groups: torch.Tensor, trained: torch.Tensor, drop_low_group: bool,
+                   width: int | None = None) -> tuple[Segments, Segments]:
+    """(response segments, trained segments) of a group tensor, built once per loss: the same
+    object unless ``drop_low_group`` leaves response tokens untrained ([ESPO-GROUP-DROPLOW])."""
+    seg = Segments(groups, groups >= 0, width)
+    return seg, (Segments(groups, trained, seg.width) if drop_low_group else seg)

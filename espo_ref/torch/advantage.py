@@ -9,7 +9,7 @@ import torch
 
 from ..config import is_real_number
 from ..errors import ESPOInputError
-from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, first_index, float_repr, is_integer
+from ._checks import as_mask, as_real_array, coerce, compute_dtype, first_index, float_repr, is_integer
 
 
 def ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     prompt is computed on its rewards scaled by a power of two (exact), so finite rewards of
     any magnitude give finite advantages.
     """
-    r = as_real_tensor(rewards, "rewards", ndim=1)
+    r = as_real_array(rewards, "rewards", ndim=1)
     B = r.shape[0]
     ids, numpy_name = coerce(prompt_ids, r.device) if isinstance(prompt_ids, torch.Tensor) else (None, None)
     if ids is None:

@@ -1,4 +1,5 @@
-"""Loss aggregation over a padded batch [BASE-AGG], with empty rows pinned [BASE-AGG-EMPTY];
+"""Aggregation: ESPO's weights over groups, responses and the batch [ESPO-AGG], and the
+baselines' four modes over a padded batch [BASE-AGG], with empty rows pinned [BASE-AGG-EMPTY];
 torch mirror of espo_ref/aggregation.py.
 
 Every mode is linear in the per-token loss, so it is written as a weight per token:
@@ -11,11 +12,40 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..aggregation import LOSS_AGG_MODES, check_agg_mode
+from ..config import LOSS_AGG_MODES, check_agg_mode
 from ..errors import ESPOInputError
-from ._checks import as_mask, as_real_tensor, coerce, compute_dtype, dtype_name, finite_on
+from ._checks import as_mask, as_real_array, check_shape, coerce, compute_dtype, dtype_name, finite_on
+from ._segments import Segments
 
-__all__ = ["LOSS_AGG_MODES", "check_agg_mode", "agg_weights", "agg_loss"]
+__all__ = ["LOSS_AGG_MODES", "check_agg_mode", "aggregation_weights", "agg_weights", "agg_loss"]
+
+
+def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.float64,
+                        validate: bool = True) -> torch.Tensor:
+    """[ESPO-AGG] Eq. 5 weights: w_t = 1 / (N K_i |tau|) for trained tokens, else 0.
+
+    N = the responses with at least one response token, K_i = the trained non-empty
+    groups of response i, |tau| = the trained tokens of the token's group. ``dtype``
+    (keyword-only) defaults to the core's float64; the group count is read from the data
+    and the empty-batch check syncs.
+    """
+    m, _ = coerce(mask)
+    m = as_mask(mask, "mask", tuple(m.shape) if m is not None else np.shape(mask), validate=validate)
+    t = as_mask(trained, "trained", tuple(m.shape), device=m.device, validate=validate)
+    g, _ = coerce(groups, m.device)
+    check_shape(g, "groups", tuple(m.shape), "mask")
+    return _aggregation_weights(Segments(g.to(torch.int64), t), m, dtype=dtype, validate=validate)[0]
+
+
+def _aggregation_weights(trained_seg: Segments, mask: torch.Tensor, *, dtype: torch.dtype,
+                         validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights from the trained segments, and K_i."""
+    responses = mask.any(dim=1).sum()
+    if validate and not bool(responses > 0):
+        raise ESPOInputError("mask has no response token: the objective is undefined")
+    k = trained_seg.groups_per_row()
+    per_group = 1.0 / (responses * k.clamp(min=1)[:, None] * trained_seg.counts.clamp(min=1)).to(dtype)
+    return trained_seg.to_tokens(per_group), k
 
 
 def _agg_weights(m: torch.Tensor, mode: str, max_len: int | None, dtype: torch.dtype,
@@ -76,7 +106,7 @@ def agg_loss(per_token, mask, mode: str, max_len: int | None = None, *,
     ``torch.where`` before any arithmetic); response positions must be finite. A sum beyond
     the range of the dtype is an error naming ``per_token`` (a sync, if ``validate``).
     """
-    values = as_real_tensor(per_token, "per_token", ndim=2)
+    values = as_real_array(per_token, "per_token", ndim=2)
     m = as_mask(mask, "mask", tuple(values.shape), device=values.device, validate=validate)
     dtype = compute_dtype(values)
     check_agg_mode(mode, max_len)

@@ -26,35 +26,23 @@ from __future__ import annotations
 
 import torch
 
-from ..baselines import (
-    GMPO_OVERFLOW_REMEDY,
-    GSPO_LEVELS,
-    BaselineConfig,
-    CISPOConfig,
-    DAPOConfig,
-    GMPOConfig,
-    GRPOConfig,
-    GSPOConfig,
-    _config,
-)
+from ..baselines import GMPO_OVERFLOW_REMEDY
+from ..config import (GSPO_LEVELS, BaselineConfig, CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig,
+                      GSPOConfig, baseline_config)
 from ..result import LossResult
 from ._checks import advantages_2d, bound, token_inputs
 from ._checks import log_ratio as checked_log_ratio
 from ._segments import in_range, power_of_two_above
-from ._stable import approx_kl, finite_mean, k3
 from .aggregation import _agg_weights
-from .objective import check_loss, clipped_surrogate, exp_ratio, ratio_and_advantage, raw_log_ratio
+from .metrics import baseline_metrics, raw_log_ratio
+from .surrogate import _zero, check_loss, clipped_surrogate, exp_ratio, ratio_and_advantage
 
 __all__ = [
     "GSPO_LEVELS", "BaselineConfig", "GRPOConfig", "DAPOConfig", "GSPOConfig", "GMPOConfig",
-    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "row_mean_to_tokens", "clamp_log_ratio", "exp_ratio",
-    "token_log_ratio", "baseline_metrics", "ppo_clip_token_loss", "grpo_loss", "dapo_loss",
+    "CISPOConfig", "row_sum", "row_mean", "to_tokens", "row_mean_to_tokens", "clamp_log_ratio",
+    "token_log_ratio", "ppo_clip_token_loss", "grpo_loss", "dapo_loss",
     "gspo_loss", "gmpo_clipped_log_ratio", "gmpo_loss", "cispo_loss",
 ]
-
-
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
 # --- shared pieces -----------------------------------------------------------------------
@@ -142,56 +130,6 @@ def token_log_ratio(lp, olp, mask, config):
     return clamp_log_ratio(lp - olp, mask, None if c is None else -c, c)
 
 
-def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
-                     extra_counts: dict[str, torch.Tensor] | None = None, raw_log_r=None) -> dict[str, float]:
-    """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
-    the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
-
-    ``extra_counts`` (keyword-only): more token counts, reported as fractions of N_tok after
-    the common keys (``clipfrac_dual``, ``capped_frac``), fetched in the same single
-    device-to-host transfer. Python floats, computed in the dtype of ``ratio``. Every value
-    is finite: a mean whose sum leaves the range of the dtype is summed again in float64,
-    scaled, and ``approx_kl`` falls back to log space from the float64 raw log-ratio
-    (``raw_log_r``, keyword-only: a callable giving it; default ``log_r``) and saturates at
-    the largest float64 (more syncs, only then).
-    """
-    extra_counts = extra_counts or {}
-    ratio = ratio.detach()
-    log_r = log_r.detach()
-    k3_values = torch.where(mask, k3(log_r), _zero(log_r))
-    neg_log_r = torch.where(mask, -log_r, _zero(log_r))
-    counts = torch.stack([
-        mask.sum(), mask.any(dim=1).sum(), (clipped_high | clipped_low).sum(), clipped_high.sum(),
-        clipped_low.sum(), clamped.sum(), *(c.sum() for c in extra_counts.values()),
-    ])
-    sums = torch.stack([torch.where(mask, ratio, _zero(ratio)).sum(), k3_values.sum(), neg_log_r.sum()])
-    host = torch.cat([counts.to(torch.float64), sums.to(torch.float64)]).tolist()
-    tokens, responses, n_clip, n_high, n_low, n_clamped = host[:6]
-    extra = host[6:6 + len(extra_counts)]
-    ratio_sum, k3_sum, k1_sum = host[6 + len(extra_counts):]
-
-    def frac(num):  # a batch without tokens is rejected upstream unless validate=False
-        return num / tokens if tokens else float("nan")
-
-    def mean(num, values):
-        return finite_mean(num / tokens, values, mask) if tokens else 0.0
-
-    metrics = {
-        "tokens": tokens,
-        "responses": responses,
-        "clipfrac": frac(n_clip),
-        "clipfrac_high": frac(n_high),
-        "clipfrac_low": frac(n_low),
-        "clamped_frac": frac(n_clamped),
-        "ratio_mean": mean(ratio_sum, ratio),
-        "approx_kl": approx_kl(mean(k3_sum, k3_values), raw_log_r if raw_log_r is not None else log_r, mask),
-        "ppo_kl": mean(k1_sum, neg_log_r),
-    }
-    for name, n in zip(extra_counts, extra):
-        metrics[name] = frac(n)
-    return metrics
-
-
 def _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, mask, log_ratio, extras):
     return LossResult(
         loss=loss,
@@ -256,13 +194,13 @@ def grpo_loss(logp, old_logp, mask, advantages, config: GRPOConfig | None = None
     r = exp(clamp(logp - old_logp, -20, 20)) [BASE-RATIO-CLAMP]; d loss / d logp_t =
     -w_t A_t r_t unless the token is clipped, dual-clipped or clamped (then 0).
     """
-    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, GRPOConfig), validate)
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, baseline_config(config, GRPOConfig), validate)
 
 
 def dapo_loss(logp, old_logp, mask, advantages, config: DAPOConfig | None = None, *,
               validate: bool = True) -> LossResult:
     """[BASE-DAPO] DAPO: the GRPO surrogate with clip-higher (0.2, 0.28), token-mean."""
-    return _ppo_clip_loss(logp, old_logp, mask, advantages, _config(config, DAPOConfig), validate)
+    return _ppo_clip_loss(logp, old_logp, mask, advantages, baseline_config(config, DAPOConfig), validate)
 
 
 # --- GSPO --------------------------------------------------------------------------------
@@ -278,7 +216,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     s_i, d s_i / d logp_t = s_i / L_i. Both equal with a per-response advantage
     [BASE-IDENTITIES]. A clamped response has gradient 0.
     """
-    config = _config(config, GSPOConfig)
+    config = baseline_config(config, GSPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
     log_r = checked_log_ratio(lp, olp, m, validate)
     sequence = config.level == "sequence"
@@ -340,7 +278,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     Autograd: ratio_i = exp(row mean of the clipped log-ratio), differentiable through the
     passing tokens.
     """
-    config = _config(config, GMPOConfig)
+    config = baseline_config(config, GMPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
     log_r = checked_log_ratio(lp, olp, m, validate)
     clipped_lr, clipped_high, clipped_low = gmpo_clipped_log_ratio(
@@ -382,7 +320,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     response token (the clip caps the weight, it never zeroes the gradient). The weight is
     computed from the detached ratio; the gradient flows through ``logp`` only.
     """
-    config = _config(config, CISPOConfig)
+    config = baseline_config(config, CISPOConfig)
     lp, olp, m, adv = _inputs(logp, old_logp, mask, advantages, validate)
     raw = checked_log_ratio(lp.detach(), olp, m, validate)
     log_r, clamped = token_log_ratio(lp.detach(), olp, m, config)

@@ -7,26 +7,52 @@ import torch
 
 from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
-from ._checks import as_real_tensor, coerce, compute_dtype, dtype_name, entropy_in_range, finite_on, first_index
-from ._segments import Segments
+from ._checks import as_real_array, coerce, compute_dtype, dtype_name, entropy_in_range, finite_on, first_index
+from ._segments import Segments, group_segments
 from .grouping import check_groups, trained_tokens
 
 
-def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig,
+def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True) -> torch.Tensor:
+    """[ESPO-CLIP] Eq. 8: eps_tau = alpha * mean_{t in tau}(e_t) / log|V|, per token [B, T].
+
+    With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
+    K_i the number of trained groups of response i. 0 on padding. float64 for float64
+    entropy, else float32. The number of groups is read from ``groups`` (a host sync). An
+    epsilon beyond the range of the dtype (a huge ``alpha``) is an error naming ``alpha``.
+    The entropy is a constant (detached).
+    """
+    ent, g = _clip_inputs(entropy, groups, config, validate)
+    return _group_clip_eps(ent, *group_segments(g, trained_tokens(g, config), config.drop_low_group), config,
+                           validate=validate)
+
+
+def _clip_inputs(entropy, groups, config: ESPOConfig, validate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[ESPO-ENT-DOMAIN] The validated entropy (padding 0, clamped below at 0: never a
+    negative epsilon) and groups."""
+    check_config(config, ESPOConfig)
+    ent = as_real_array(entropy, "entropy", ndim=2).detach()
+    g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
+    response = g >= 0
+    ent = finite_on(ent, response, "entropy", compute_dtype(ent), validate)
+    if validate:
+        entropy_in_range(ent, response, config.log_vocab, config.entropy_tolerance)
+    return ent.clamp(min=0.0), g
+
+
+def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig, *,
                     validate: bool = True) -> torch.Tensor:
-    """Eq. 8 from the response segments ``seg`` and the trained segments ``trained_seg``;
-    ``ent`` is 0 on padding."""
     scale = config.alpha / config.log_vocab
+    response = seg.include
     if config.eps_reading == "group_mean":
         mean = seg.to_tokens(seg.means(ent, clean=True))
-        return finite_eps(scale * mean, mean, seg.include, config, validate)
+        return finite_eps(scale * mean, mean, response, config, validate=validate)
     k = trained_seg.groups_per_row()
     share = ent / k.clamp(min=1).to(ent.dtype)[:, None]
     eps = scale * ent / k.clamp(min=1).to(ent.dtype)[:, None]
-    return finite_eps(eps, share, seg.include, config, validate)
+    return finite_eps(eps, share, response, config, validate=validate)
 
 
-def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor, config: ESPOConfig,
+def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor, config: ESPOConfig, *,
                validate: bool = True) -> torch.Tensor:
     """[ESPO-CLIP] eps = alpha / log|V| * e, and where that leaves the float range (alpha /
     log|V| alone may overflow) alpha * (e / log|V|), 0 on padding; an epsilon still beyond
@@ -48,36 +74,24 @@ def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor,
     return eps
 
 
-def _segments(g: torch.Tensor, config: ESPOConfig, width: int | None):
-    """(response segments, trained segments): the same object unless drop_low_group."""
-    seg = Segments(g, g >= 0, width)
-    trained = trained_tokens(g, config)
-    return seg, (Segments(g, trained, seg.width) if config.drop_low_group else seg)
+def clip_bounds(entropy, groups, config: ESPOConfig, *, validate: bool = True):
+    """[ESPO-CLIP-FIXED] The clip offsets (eps_low, eps_high) per token: both equal to Eq. 8
+    under ``clip="adaptive"``, the constants ``config.eps_low/eps_high`` under ``"fixed"``."""
+    if config.clip == "adaptive":
+        ent, g = _clip_inputs(entropy, groups, config, validate)
+    else:  # the fixed range reads only which tokens are response tokens (and the entropy's dtype)
+        g = check_groups(groups, None, validate=validate)
+        raw, _ = coerce(entropy, g.device)
+        ent = torch.zeros((), dtype=compute_dtype(raw) if raw is not None else torch.float64, device=g.device)
+    width = None if config.clip == "adaptive" else 1  # the fixed range needs no group table
+    return _clip_bounds(ent, *group_segments(g, trained_tokens(g, config), config.drop_low_group, width), config,
+                        validate=validate)
 
 
-def group_clip_eps(entropy, groups, config: ESPOConfig, *, validate: bool = True) -> torch.Tensor:
-    """[ESPO-CLIP] Eq. 8: eps_tau = alpha * mean_{t in tau}(e_t) / log|V|, per token [B, T].
-
-    With ``eps_reading="token_over_groups"`` [ESPO-CLIP-TOKEN]: alpha * e_t / (log|V| K_i),
-    K_i the number of trained groups of response i. 0 on padding. float64 for float64
-    entropy, else float32. The number of groups is read from ``groups`` (a host sync). An
-    epsilon beyond the range of the dtype (a huge ``alpha``) is an error naming ``alpha``.
-    The entropy is a constant (detached).
-    """
-    check_config(config, ESPOConfig)
-    ent = as_real_tensor(entropy, "entropy", ndim=2).detach()
-    g = check_groups(groups, tuple(ent.shape), device=ent.device, validate=validate)
-    ent = finite_on(ent, g >= 0, "entropy", compute_dtype(ent), validate)
-    if validate:
-        entropy_in_range(ent, g >= 0, config.log_vocab, config.entropy_tolerance)
-    ent = ent.clamp(min=0.0)  # [ESPO-ENT-DOMAIN]: never a negative epsilon
-    return _group_clip_eps(ent, *_segments(g, config, None), config, validate)
-
-
-def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig,
+def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config: ESPOConfig, *,
                  validate: bool = True):
     if config.clip == "adaptive":
-        eps = _group_clip_eps(ent, seg, trained_seg, config, validate)
+        eps = _group_clip_eps(ent, seg, trained_seg, config, validate=validate)
         return eps, eps
     response = seg.include
     zero = torch.zeros((), dtype=ent.dtype, device=ent.device)
@@ -87,16 +101,3 @@ def _clip_bounds(ent: torch.Tensor, seg: Segments, trained_seg: Segments, config
                                  f"the dtype of the clip offsets it is reported in")
     return (torch.where(response, torch.full((), config.eps_low, dtype=ent.dtype, device=ent.device), zero),
             torch.where(response, torch.full((), config.eps_high, dtype=ent.dtype, device=ent.device), zero))
-
-
-def clip_bounds(entropy, groups, config: ESPOConfig, *, validate: bool = True):
-    """[ESPO-CLIP-FIXED] The clip offsets (eps_low, eps_high) per token: both equal to Eq. 8
-    under ``clip="adaptive"``, the constants ``config.eps_low/eps_high`` under ``"fixed"``."""
-    if config.clip == "adaptive":
-        eps = group_clip_eps(entropy, groups, config, validate=validate)
-        return eps, eps
-    g, _ = coerce(groups)
-    ent, _ = coerce(entropy, g.device)
-    dtype = compute_dtype(ent) if ent is not None else torch.float64
-    seg = Segments(g, g >= 0, 1)  # only the response mask is used by the fixed range
-    return _clip_bounds(torch.zeros((), dtype=dtype, device=g.device), seg, seg, config)

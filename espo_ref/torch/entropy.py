@@ -1,4 +1,5 @@
-"""Token entropy of the old policy, Eq. 6 [ESPO-ENT]; torch mirror of espo_ref/entropy.py."""
+"""Token entropy of the old policy, Eq. 6 [ESPO-ENT], and its domain [ESPO-ENT-DOMAIN]; torch
+mirror of espo_ref/entropy.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from ..errors import ESPOInputError
 from ..config import is_real_number
-from ._checks import coerce, compute_dtype, first_index, is_real
+from ._checks import as_mask, as_real_array, coerce, compute_dtype, entropy_in_range, finite_on, first_index, is_real
 
 # Temperatures whose float32 value divides without rounding to 0 or inf (the float32 normal range).
 _FLOAT32_SAFE = (2.0 ** -126, 2.0 ** 127)
@@ -59,3 +60,15 @@ def token_entropy(logits, temperature: float = 1.0, *, validate: bool = True) ->
     prob = weights / total[..., None]
     entropy = torch.log(total) - torch.sum(prob * shifted, dim=-1)
     return entropy.clamp(min=0.0)
+
+
+def validate_entropy(entropy, mask, config, name: str = "entropy", *, device=None, validate: bool = True):
+    """[ESPO-ENT-DOMAIN] The validated entropy [B, T] (padding zeroed, values inside the
+    tolerance band below 0 clamped to 0; float64 stays float64, anything else is float32) and
+    the boolean mask. Detached: the entropy is a constant [ESPO-OBJ]."""
+    ent = as_real_array(entropy, name, ndim=2, device=device).detach()
+    m = as_mask(mask, "mask", tuple(ent.shape), device=ent.device, validate=validate)
+    ent = finite_on(ent, m, name, compute_dtype(ent), validate)
+    if validate:
+        entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
+    return ent.clamp(min=0.0), m

@@ -8,13 +8,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..config import ESPOConfig, check_config
+from ..config import ESPOConfig, ceil_fraction, check_config, decimal_fraction
 from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP, LOW_GROUP, PADDING
-from ..grouping import decimal_fraction
-from ..grouping import high_group_size as _numpy_high_group_size
-from ._checks import (as_mask, as_real_tensor, check_shape, coerce, compute_dtype, entropy_in_range,
-                      finite_on, host_array, is_integer)
+from ._checks import check_shape, coerce, host_array, is_integer
+from .entropy import validate_entropy
 
 _INT64_MAX = 2**63 - 1
 
@@ -46,30 +44,31 @@ def _ceil_product(lengths: torch.Tensor, num: int, den: int, bound: int) -> torc
     return torch.from_numpy(exact).to(lengths.device)
 
 
-def _high_group_size(lengths: torch.Tensor, rho: Fraction, bound: int) -> torch.Tensor:
-    n_high = _ceil_product(lengths.to(torch.int64), rho.numerator, rho.denominator, bound)
-    return torch.minimum(n_high.clamp(min=1), lengths.to(torch.int64))
-
-
 def high_group_size(lengths, top_fraction: float, *, validate: bool = True) -> torch.Tensor:
     """[ESPO-GROUP-TOPFRAC] n_high = clamp(ceil(rho * L), 1, L), exact on rho's decimal value.
 
     ``rho`` is read as the decimal it prints as (``repr``), so 0.2 * 5 gives 1, not 2;
     the product is taken in exact integer tensor arithmetic. L = 0 gives 0. Returns int64
     of the shape of ``lengths``, on its device. The bound max(L) is read from the data
-    (a host sync), as is the non-negativity check.
+    (a host sync), as is the non-negativity check (skipped when ``validate=False``).
     """
     t, _ = coerce(lengths)
-    if t is None or not is_integer(t.dtype) or (t.numel() and bool((t < 0).any())):
+    if t is None or not is_integer(t.dtype) or (validate and t.numel() and bool((t < 0).any())):
         raise ESPOInputError(f"lengths must be non-negative integers, got {np.asarray(host_array(t) if t is not None else lengths)!r}")
     rho = decimal_fraction(top_fraction)
     bound = int(t.max()) if t.numel() else 0
     return _high_group_size(t, rho, bound)
 
 
+def _high_group_size(lengths: torch.Tensor, rho: Fraction, bound: int) -> torch.Tensor:
+    n_high = _ceil_product(lengths.to(torch.int64), rho.numerator, rho.denominator, bound)
+    return torch.minimum(n_high.clamp(min=1), lengths.to(torch.int64))
+
+
 @lru_cache(maxsize=64)
-def _host_size(length: int, top_fraction: float) -> int:
-    return int(_numpy_high_group_size(np.array([length], dtype=np.int64), top_fraction)[0])
+def _host_size(length: int, rho: Fraction) -> int:
+    """n_high of one length, on the host (exact integer arithmetic): the k of ``topk``."""
+    return min(max(ceil_fraction(length, rho), 1), length)
 
 
 def _select_top(key: torch.Tensor, n_high: torch.Tensor, k_max: int) -> torch.Tensor:
@@ -90,17 +89,17 @@ def _select_top(key: torch.Tensor, n_high: torch.Tensor, k_max: int) -> torch.Te
     return greater | (equal & (tie_rank <= need.unsqueeze(1)))
 
 
-def _top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+def _top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: Fraction) -> torch.Tensor:
     B, T = mask.shape
-    n_high = _high_group_size(mask.sum(dim=1), Fraction(repr(float(rho))), T)
+    n_high = _high_group_size(mask.sum(dim=1), rho, T)
     key = torch.where(mask, entropy, torch.full((), -torch.inf, dtype=entropy.dtype, device=entropy.device))
     high = _select_top(key, n_high, _host_size(T, rho))
     return torch.where(high, HIGH_GROUP, LOW_GROUP)
 
 
-def _batch_top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+def _batch_top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: Fraction) -> torch.Tensor:
     n = mask.numel()
-    n_high = _high_group_size(mask.sum().reshape(1), Fraction(repr(float(rho))), n)
+    n_high = _high_group_size(mask.sum().reshape(1), rho, n)
     key = torch.where(mask, entropy, torch.full((), -torch.inf, dtype=entropy.dtype, device=entropy.device))
     high = _select_top(key.reshape(1, n), n_high, _host_size(n, rho)).reshape(mask.shape)
     return torch.where(high, HIGH_GROUP, LOW_GROUP)
@@ -141,40 +140,10 @@ def _entropy_ranges(entropy: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
     return len(config.entropy_edges) - above
 
 
-def validate_entropy(entropy, mask, config: ESPOConfig, name: str = "entropy", device=None,
-                     validate: bool = True):
-    """Validated entropy [B, T] (padding zeroed; float64 stays float64, anything else is
-    float32) and the boolean mask. Detached: the entropy is a constant [ESPO-OBJ]."""
-    ent = as_real_tensor(entropy, name, ndim=2, device=device).detach()
-    m = as_mask(mask, "mask", tuple(ent.shape), device=ent.device, validate=validate)
-    ent = finite_on(ent, m, name, compute_dtype(ent), validate)
-    if validate:
-        entropy_in_range(ent, m, config.log_vocab, config.entropy_tolerance)
-    # [ESPO-ENT-DOMAIN] values inside the tolerance band below 0 are clamped to 0.
-    return ent.clamp(min=0.0), m
-
-
 def group_width(config: ESPOConfig, T: int) -> int:
     """W, the number of group ids a grouping can produce (known without reading the data)."""
     return {"top_fraction": 2, "batch_top_fraction": 2, "none": 1, "token": max(T, 1),
             "entropy_ranges": len(config.entropy_edges) + 1}[config.grouping]
-
-
-def _entropy_groups(ent: torch.Tensor, m: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
-    B, T = m.shape
-    if m.numel() == 0:
-        return torch.full((B, T), PADDING, dtype=torch.int64, device=m.device)
-    if config.grouping == "top_fraction":
-        groups = _top_fraction(ent, m, config.top_fraction)
-    elif config.grouping == "batch_top_fraction":
-        groups = _batch_top_fraction(ent, m, config.top_fraction)
-    elif config.grouping == "entropy_ranges":
-        groups = _entropy_ranges(ent, config)
-    elif config.grouping == "none":
-        groups = torch.zeros((B, T), dtype=torch.int64, device=m.device)
-    else:  # "token": every token its own group, numbered by position
-        groups = torch.arange(T, dtype=torch.int64, device=m.device).expand(B, T)
-    return torch.where(m, groups, PADDING).to(torch.int64)
 
 
 def entropy_groups(entropy, mask, config: ESPOConfig, *, validate: bool = True) -> torch.Tensor:
@@ -189,6 +158,23 @@ def entropy_groups(entropy, mask, config: ESPOConfig, *, validate: bool = True) 
     return _entropy_groups(ent, m, config)
 
 
+def _entropy_groups(ent: torch.Tensor, m: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
+    B, T = m.shape
+    if m.numel() == 0:
+        return torch.full((B, T), PADDING, dtype=torch.int64, device=m.device)
+    if config.grouping == "top_fraction":
+        groups = _top_fraction(ent, m, decimal_fraction(config.top_fraction))
+    elif config.grouping == "batch_top_fraction":
+        groups = _batch_top_fraction(ent, m, decimal_fraction(config.top_fraction))
+    elif config.grouping == "entropy_ranges":
+        groups = _entropy_ranges(ent, config)
+    elif config.grouping == "none":
+        groups = torch.zeros((B, T), dtype=torch.int64, device=m.device)
+    else:  # "token": every token its own group, numbered by position
+        groups = torch.arange(T, dtype=torch.int64, device=m.device).expand(B, T)
+    return torch.where(m, groups, PADDING).to(torch.int64)
+
+
 def trained_tokens(groups: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
     """[ESPO-GROUP-DROPLOW] Tokens that enter the objective: all response tokens, or only
     group 0 (the highest-entropy group) when ``drop_low_group`` is set."""
@@ -197,13 +183,15 @@ def trained_tokens(groups: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
     return groups >= 0
 
 
-def check_groups(groups, mask_shape: tuple[int, ...], name: str = "groups", device=None,
+def check_groups(groups, mask_shape: tuple[int, ...] | None, name: str = "groups", device=None,
                  validate: bool = True) -> torch.Tensor:
-    """Validate a [B, T] integer group tensor (-1 = padding)."""
+    """[ESPO-GROUP] Validate a [B, T] integer group tensor (-1 = padding) of ``mask_shape``
+    (None: any shape)."""
     g, numpy_name = coerce(groups, device)
     if g is None or not is_integer(g.dtype):
         raise ESPOInputError(f"{name} must be an integer array, got dtype {numpy_name}")
-    check_shape(g, name, mask_shape, "the token arrays")
+    if mask_shape is not None:
+        check_shape(g, name, mask_shape, "the token arrays")
     if validate and g.numel() and bool((g < PADDING).any()):
         raise ESPOInputError(f"{name} must be >= -1 (-1 marks padding), got min {int(g.min())}")
     return g.to(torch.int64)
