@@ -37,3 +37,23 @@ def verl_checks():
 def test_verl_plugin(verl_checks, check):
     assert check not in verl_checks["failed"], verl_checks["failed"][check]
     assert check in verl_checks["passed"]
+
+
+def test_ESPO_OBJ_verl_worker_updates_a_tiny_model_with_the_plugin_on_cpu():
+    """verl's own actor worker (ActorRolloutRefWorker -> TrainingWorker -> FSDP2 engine), one process,
+    gloo, a CPU platform registered through verl's platform API: the old-log-prob pass, one update per
+    trainer generation (v0 "espo_old_entropy", v1 "entropy") through the plugin, and the engine's loss
+    and gradient norm against espo_ref.torch.espo_loss (tests/peers/verl_worker_check.py)."""
+    if not VERL_PYTHON.exists():
+        message = f"no verl 0.9.1 environment at {VERL_PYTHON}: run bash tests/peers/setup_verl.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    proc = subprocess.run([str(VERL_PYTHON), str(ROOT / "tests" / "peers" / "verl_worker_check.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(lines[-1])
+    assert proc.returncode == 0 and report["passed"], json.dumps(report["failed"])[:3000]
+    for run in ("use_remove_padding=True", "use_remove_padding=False"):
+        assert run in report["checks"], sorted(report["checks"])
