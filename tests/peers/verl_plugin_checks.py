@@ -317,6 +317,13 @@ def check_entry_point():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
                           env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"})
     assert proc.stdout.split()[-3:] == ["False", "False", "False"], proc.stdout[-500:] + proc.stderr[-500:]
+    # another verl version is refused with a message naming the supported one
+    other = ("import verl\nverl.__version__ = '0.9.2'\n"
+             "try:\n    import espo_ref.integrations.verl\nexcept ImportError as exc:\n    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, cwd="/",
+                          env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"})
+    assert "refused:" in proc.stdout and "verl==0.9.1" in proc.stdout and "0.9.2" in proc.stdout, \
+        proc.stdout[-500:] + proc.stderr[-500:]
 
 
 def check_v0_hook_only_for_espo():

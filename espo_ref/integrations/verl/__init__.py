@@ -1,6 +1,6 @@
 """ESPO in verl 0.9.1: the policy loss ``"espo"`` and the plumbing of the old entropy.
 
-Usage (``pip install "espo-ref[verl]"``; tested against verl==0.9.1)::
+Usage (``pip install -e ".[verl]" verl==0.9.1``; exactly verl 0.9.1, other versions refused)::
 
     import espo_ref.integrations.verl   # registers loss_mode "espo" and installs the wrapper
 
@@ -40,6 +40,16 @@ except ImportError as exc:  # pragma: no cover
         f"espo_ref.integrations.verl needs verl and torch ({exc}); install them with: pip install \"espo-ref[verl]\" verl==0.9.1"
     ) from exc
 
+SUPPORTED_VERL_VERSION = "0.9.1"
+
+if getattr(verl, "__version__", None) != SUPPORTED_VERL_VERSION:
+    # the plugin patches verl internals (ppo_loss, RayPPOTrainer._compute_old_log_prob) whose
+    # shape changes between releases: refuse rather than run a loss with a broken entropy path
+    raise ImportError(
+        f"espo_ref.integrations.verl supports exactly verl=={SUPPORTED_VERL_VERSION} (the version its "
+        f"tests run against), found verl {getattr(verl, '__version__', '?')}: pip install verl=={SUPPORTED_VERL_VERSION}"
+    )
+
 from ._loss import (  # noqa: E402
     ENTROPY_KEYS,
     OLD_ENTROPY,
@@ -50,8 +60,6 @@ from ._loss import (  # noqa: E402
     install,
     to_espo_config,
 )
-
-SUPPORTED_VERL_VERSION = "0.9.1"
 
 __all__ = [
     "ENTROPY_KEYS",
@@ -64,13 +72,5 @@ __all__ = [
     "install",
     "to_espo_config",
 ]
-
-if getattr(verl, "__version__", None) != SUPPORTED_VERL_VERSION:  # pragma: no cover
-    import warnings
-
-    warnings.warn(
-        f"espo_ref.integrations.verl is tested with verl=={SUPPORTED_VERL_VERSION}, found {getattr(verl, '__version__', '?')}",
-        stacklevel=2,
-    )
 
 install()
