@@ -72,7 +72,8 @@ def entropy_in_range(entropy: np.ndarray, mask: np.ndarray, log_vocab: float, to
 
 
 def advantages_2d(advantages, mask: np.ndarray, name: str = "advantages") -> np.ndarray:
-    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0."""
+    """[ESPO-INPUT] [BASE-INPUT] Advantages given per response [B] or per token [B, T], as [B, T]
+    with padding 0."""
     adv = as_real_array(advantages, name)
     B, T = mask.shape
     if adv.ndim == 1:
@@ -92,7 +93,8 @@ def advantages_2d(advantages, mask: np.ndarray, name: str = "advantages") -> np.
 
 
 def token_inputs(logp, old_logp, mask, names=("logp", "old_logp")):
-    """Validate the [B, T] log-probability pair and the mask; return cleaned copies."""
+    """[ESPO-INPUT] [BASE-INPUT] Validate the [B, T] log-probability pair and the mask; return
+    cleaned copies."""
     lp = as_real_array(logp, names[0], ndim=2)
     olp = as_real_array(old_logp, names[1])
     check_shape(olp, names[1], lp.shape, names[0])

@@ -1,4 +1,4 @@
-"""The ``espo-ref`` command line."""
+"""[CONF-EXIT] The ``espo-ref`` command line."""
 
 from __future__ import annotations
 

@@ -2,4 +2,4 @@
 
 
 class ESPOInputError(ValueError):
-    """A bad argument: the message names the argument and what is wrong with it."""
+    """[ESPO-INPUT] A bad argument: the message names the argument and what is wrong with it."""

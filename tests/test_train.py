@@ -17,7 +17,7 @@ from espo_ref.cli import main as cli_main  # noqa: E402
 from espo_ref.train import ALGOS, TrainConfig, train  # noqa: E402
 from espo_ref.train import checkpoint as ckpt  # noqa: E402
 from espo_ref.train import trainer as trainer_module  # noqa: E402
-from espo_ref.train.config import loss_config  # noqa: E402
+from espo_ref.train.losses import LOSSES, loss_config  # noqa: E402
 from espo_ref.train.metrics import read_metrics  # noqa: E402
 from espo_ref.train.rollout import response_mask_of, score, build_rollout  # noqa: E402
 from espo_ref.train.tasks import (ArithTask, ReverseTask, exact_match, load_jsonl, load_verifier,  # noqa: E402
@@ -117,8 +117,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real = trainer_module.compute_loss
     calls = {"n": 0}
 
-    def nan_at_step_3(algo, logp, batch, advantages, config):
-        result = real(algo, logp, batch, advantages, config)
+    def nan_at_step_3(*args):
+        result = real(*args)
         calls["n"] += 1
         if calls["n"] > 2 * 4:  # steps 1-2 have 4 mini-batch updates each
             object.__setattr__(result, "loss", result.loss * float("nan"))
@@ -167,6 +167,88 @@ def test_loss_config_options():
         TrainConfig(group_size=1)
 
 
+def test_losses_table_has_the_torch_loss_of_every_algo():
+    import espo_ref.torch as backend
+
+    assert tuple(LOSSES) == ALGOS
+    for algo, loss in LOSSES.items():
+        assert loss.fn is getattr(backend, f"{algo}_loss"), algo
+        assert loss.takes_entropy == (algo == "espo"), algo
+
+
+def test_train_step_is_its_steps_composed(tmp_path):
+    """collect -> score -> old_policy -> advantages -> update return what they compute: run
+    by hand on one run, they give the record train_step gives on an identical run."""
+    from espo_ref.torch import grpo_advantages
+
+    config = tiny(tmp_path, sft_steps=0)
+    device = torch.device("cpu")
+    with trainer_module.torch_settings(config, device):
+        by_hand = trainer_module.start_run(config, device, init_weights=True)
+        examples, rollout = trainer_module.collect(by_hand, 1)
+        scores = trainer_module.score_step(by_hand, rollout, 1)
+        old_logp, entropy = trainer_module.old_policy(by_hand, rollout, 1)
+        advantages = grpo_advantages(scores.rewards, rollout.prompt_index, valid=scores.valid)
+        update = trainer_module.update_policy(by_hand, rollout, old_logp, entropy, advantages, 1)
+
+        composed = trainer_module.start_run(config, device, init_weights=True)
+        record = trainer_module.train_step(composed, 1)
+    B, R = rollout.response_ids.shape
+    assert B == 2 * 4 and old_logp.shape == entropy.shape == (B, R) and advantages.shape == (B,)
+    assert bool((old_logp[~rollout.response_mask] == 0).all()) and bool((entropy[~rollout.response_mask] == 0).all())
+    assert len(update.losses) == len(update.grad_norms) == config.ppo_epochs * config.minibatches
+    want = {"reward": float(scores.rewards.mean()), "loss": sum(update.losses) / len(update.losses),
+            "grad_norm": sum(update.grad_norms) / len(update.grad_norms),
+            "sample": f"{examples[0].prompt!r} -> {rollout.texts[0]!r}"}
+    assert {key: record[key] for key in want} == want
+    for a, b in zip(by_hand.model.parameters(), composed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_record_keys_follow_the_losses_metrics(tmp_path, monkeypatch):
+    """A metric a loss adds reaches metrics.jsonl; the ones UNLOGGED_LOSS_METRICS names do not."""
+    from espo_ref.train.metrics import UNLOGGED_LOSS_METRICS
+
+    real = trainer_module.compute_loss
+
+    def with_a_new_metric(*args):
+        result = real(*args)
+        result.metrics["a_new_metric"] = 0.25
+        return result
+
+    monkeypatch.setattr(trainer_module, "compute_loss", with_a_new_metric)
+    config = tiny(tmp_path, algo="cispo", steps=1, sft_steps=0, checkpoint_every=0)
+    train(config, progress=False)
+    (record,) = read_metrics(config.out_dir)
+    assert record["a_new_metric"] == 0.25
+    assert "capped_frac" in record and not UNLOGGED_LOSS_METRICS & set(record)
+
+
+def test_boolean_arguments_are_keyword_only():
+    """The trainer's functions take no boolean positionally (``f(x, True)`` reads as nothing);
+    a dataclass's generated __init__ aside (records such as TrainConfig are built by field name)."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    names = ("checkpoint", "cli", "config", "demo", "errors", "losses", "metrics", "model", "rollout", "tasks",
+             "tokenizer", "trainer")
+    positional = []
+    for name in names:
+        module = importlib.import_module(f"espo_ref.train.{name}")
+        for _, obj in inspect.getmembers(module, lambda o: inspect.isfunction(o) or inspect.isclass(o)):
+            if obj.__module__ != module.__name__:
+                continue
+            functions = [obj] if inspect.isfunction(obj) else [
+                f for key, f in vars(obj).items()
+                if inspect.isfunction(f) and not (key == "__init__" and dataclasses.is_dataclass(obj))]
+            for fn in functions:
+                for param in inspect.signature(fn).parameters.values():
+                    if param.kind is param.POSITIONAL_OR_KEYWORD and param.annotation in (bool, "bool"):
+                        positional.append(f"{module.__name__}.{fn.__qualname__}({param.name})")
+    assert not positional, positional
+
+
 # --- rollout pieces ----------------------------------------------------------------------------
 
 
@@ -186,13 +268,12 @@ def test_unscored_and_truncated_responses_are_invalid():
     p_ids = torch.full((3, 2), tok.bos_token_id)
     rollout = build_rollout(p_ids, torch.ones_like(p_ids), r_ids, torch.zeros(3), ["7", "7", "7"], tok)
     assert rollout.texts == [" the answer is 7 .", " the answer is 8 .", " the an"]
-    score(rollout, ArithTask())
-    assert rollout.rewards.tolist() == [1.0, 0.0, 0.0] and rollout.valid.tolist() == [True, True, False]
-    score(rollout, ArithTask(), score_truncated=True)
-    assert rollout.valid.tolist() == [True, True, True]
+    scores = score(rollout, ArithTask())
+    assert scores.rewards.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
+    assert scores.correct.tolist() == [True, False, False]
+    assert score(rollout, ArithTask(), score_truncated=True).valid.tolist() == [True, True, True]
     skip_eights = ArithTask(verifier=lambda response, answer: None if "8" in response else 1.0)
-    score(rollout, skip_eights)
-    assert rollout.valid.tolist() == [True, False, False]
+    assert score(rollout, skip_eights).valid.tolist() == [True, False, False]
 
 
 # --- tasks, verifiers, JSONL ---------------------------------------------------------------------
@@ -319,9 +400,9 @@ def test_logits_path_matches_hidden_state_path(monkeypatch):
                                                    max_new_tokens=6, temperature=1.0, generator=gen,
                                                    device=torch.device("cpu"))
     batch = build_rollout(p_ids, p_mask, r_ids, torch.tensor([0, 1]), ["3", "15"], tok)
-    hidden = rollout_module.response_logprobs(model, batch, 0.7, True, torch.device("cpu"))
+    hidden = rollout_module.response_logprobs(model, batch, 0.7, torch.device("cpu"), with_entropy=True)
     monkeypatch.setattr(rollout_module, "hidden_path_ok", lambda model: False)
-    logits = rollout_module.response_logprobs(model, batch, 0.7, True, torch.device("cpu"))
+    logits = rollout_module.response_logprobs(model, batch, 0.7, torch.device("cpu"), with_entropy=True)
     for a, b in zip(hidden, logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert bool((hidden[0][~batch.response_mask] == 0).all())

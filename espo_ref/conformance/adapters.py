@@ -1,4 +1,4 @@
-"""Adapters: how the conformance runner calls an implementation under test.
+"""[CONF-CALL] [CONF-ADAPTERS] Adapters: how the conformance runner calls an implementation under test.
 
 specs/conformance.md is the user-facing description of this API; in short:
 

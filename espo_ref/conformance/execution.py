@@ -1,4 +1,4 @@
-"""How the runner calls an implementation: in this process, or in a worker process.
+"""[CONF-ISOLATION] How the runner calls an implementation: in this process, or in a worker process.
 
 In a worker (the command line's default) a ``sys.exit``, a hang, a crash or an out-of-memory
 kill inside the implementation ends that case as an ERROR, never the run: the parent waits at

@@ -129,7 +129,7 @@ OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def required_options(function: str, config: dict | None, kwargs: dict | None) -> list[str]:
-    """The options a case needs beyond the defaults, as ``field=value`` (empty: a core case).
+    """[CONF-LEVELS] The options a case needs beyond the defaults, as ``field=value`` (empty: a core case).
 
     ``log_ratio_clamp`` counts only when set to None (no clamp); the value of the clamp is a
     hyperparameter. ``dual_clip`` and ``max_len`` count when set at all.

@@ -180,10 +180,10 @@ def entropy_in_range(entropy: torch.Tensor, mask: torch.Tensor, log_vocab: float
         )
 
 
-def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str = "advantages",
+def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, dtype: torch.dtype,
                   validate: bool = True) -> torch.Tensor:
-    """Advantages given per response [B] or per token [B, T], as [B, T] with padding 0.
-    Detached: advantages are constants of every loss [ESPO-OBJ]."""
+    """[ESPO-INPUT] [BASE-INPUT] Advantages given per response [B] or per token [B, T], as [B, T]
+    with padding 0. Detached: advantages are constants of every loss."""
     adv = as_real_array(advantages, name, device=mask.device).detach()
     B, T = mask.shape
     if adv.ndim == 1:
@@ -203,8 +203,8 @@ def advantages_2d(advantages, mask: torch.Tensor, dtype: torch.dtype, name: str 
     return finite_on(adv, mask, name, dtype, validate)
 
 
-def token_inputs(logp, old_logp, mask, names=("logp", "old_logp"), validate: bool = True):
-    """Validate the [B, T] log-probability pair and the mask; return the pair in the compute
+def token_inputs(logp, old_logp, mask, names=("logp", "old_logp"), *, validate: bool = True):
+    """[ESPO-INPUT] [BASE-INPUT] Validate the [B, T] log-probability pair and the mask; return the pair in the compute
     dtype with padding zeroed (logp keeps its autograd graph; old_logp is detached, a
     constant of every loss [ESPO-OBJ], even when the caller passes logp itself), and the
     boolean mask."""

@@ -12,7 +12,7 @@ from ..errors import ESPOInputError
 from ._checks import as_mask, as_real_array, coerce, compute_dtype, first_index, float_repr, is_integer
 
 
-def ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+def _ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """[ESPO-ADV] x * 2**e elementwise, in two factors so that each power of two is representable in
     x's dtype (2**1074 is not); exact unless the result leaves the normal range."""
     half = e // 2
@@ -76,9 +76,9 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     largest = torch.zeros(P, dtype=dtype, device=r.device).scatter_reduce(
         0, prompt, torch.where(v, r.abs(), zero), reduce="amax")
     exponent = torch.frexp(largest).exponent.to(torch.int64)
-    r = ldexp(r, -exponent[prompt])
+    r = _ldexp(r, -exponent[prompt])
     # eps scaled in float64 (eps itself may lie beyond float32), then rounded to the dtype
-    eps_scaled = ldexp(torch.full((P,), float(eps), dtype=torch.float64, device=r.device), -exponent).to(dtype)
+    eps_scaled = _ldexp(torch.full((P,), float(eps), dtype=torch.float64, device=r.device), -exponent).to(dtype)
     # Mean about a per-prompt shift (its largest valid reward), as the numpy core: equal
     # rewards then give R - mu = 0 exactly.
     neg_inf = torch.full((), -math.inf, dtype=dtype, device=r.device)

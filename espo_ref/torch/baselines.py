@@ -52,7 +52,7 @@ def _inputs(logp, old_logp, mask, advantages, validate: bool = True):
     """[BASE-INPUT] Validated logp, old_logp (compute dtype, padding 0, logp keeps its
     graph), bool mask and [B, T] advantages (padding 0)."""
     lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
-    adv = advantages_2d(advantages, m, lp.dtype, validate=validate)
+    adv = advantages_2d(advantages, m, dtype=lp.dtype, validate=validate)
     return lp, olp, m, adv
 
 

@@ -65,7 +65,7 @@ def token_entropy(logits, temperature: float = 1.0, *, validate: bool = True) ->
 def validate_entropy(entropy, mask, config, name: str = "entropy", *, device=None, validate: bool = True):
     """[ESPO-ENT-DOMAIN] The validated entropy [B, T] (padding zeroed, values inside the
     tolerance band below 0 clamped to 0; float64 stays float64, anything else is float32) and
-    the boolean mask. Detached: the entropy is a constant [ESPO-OBJ]."""
+    the boolean mask. Detached: the entropy is a constant of the objective."""
     ent = as_real_array(entropy, name, ndim=2, device=device).detach()
     m = as_mask(mask, "mask", tuple(ent.shape), device=ent.device, validate=validate)
     ent = finite_on(ent, m, name, compute_dtype(ent), validate)

@@ -183,7 +183,7 @@ def trained_tokens(groups: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
     return groups >= 0
 
 
-def check_groups(groups, mask_shape: tuple[int, ...] | None, name: str = "groups", device=None,
+def check_groups(groups, mask_shape: tuple[int, ...] | None, name: str = "groups", *, device=None,
                  validate: bool = True) -> torch.Tensor:
     """[ESPO-GROUP] Validate a [B, T] integer group tensor (-1 = padding) of ``mask_shape``
     (None: any shape)."""

@@ -37,14 +37,15 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     detached copy. ``validate=True`` runs the core's checks
     with its messages, at the cost of a few host syncs; ``validate=False`` skips them (no
     sync in the loss; inputs the core rejects then give unspecified values). ``metrics``
-    are Python floats, fetched in one sync after the loss is built.
+    are Python floats, fetched in one sync after the loss is built. With ``validate``, finite
+    inputs give finite outputs or an ESPOInputError naming the argument [ESPO-INPUT].
     """
     check_config(config, ESPOConfig)
     lp, olp, m = token_inputs(logp, old_logp, mask, validate=validate)
     check_shape(as_real_array(entropy, "entropy", ndim=2, device=lp.device), "entropy", tuple(lp.shape), "logp")
     ent, _ = validate_entropy(entropy, m, config, device=lp.device, validate=validate)
     dtype = lp.dtype
-    adv = advantages_2d(advantages, m, dtype, validate=validate)
+    adv = advantages_2d(advantages, m, dtype=dtype, validate=validate)
 
     groups = _entropy_groups(ent, m, config)
     trained = trained_tokens(groups, config)

@@ -6,6 +6,7 @@ package is cheap: torch and transformers load when a function is called.
 """
 
 from .config import ALGOS, TrainConfig
+from .errors import NonFiniteLossError
 
 __all__ = ["ALGOS", "TrainConfig", "NonFiniteLossError", "train", "run_demo"]
 
@@ -20,11 +21,3 @@ def run_demo(*args, **kwargs):
     from .demo import run_demo as _run_demo
 
     return _run_demo(*args, **kwargs)
-
-
-def __getattr__(name):
-    if name == "NonFiniteLossError":
-        from .trainer import NonFiniteLossError
-
-        return NonFiniteLossError
-    raise AttributeError(name)

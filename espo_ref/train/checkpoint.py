@@ -49,6 +49,27 @@ def _save_tensor_file(obj, path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def cpu_state_dict(model) -> dict:
+    """The model's weights as CPU tensors of their own (what a weights file holds)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model, path) -> Path:
+    """The model's state_dict as one tensor file, written atomically: a temporary file in the
+    same folder, flushed to disk, then renamed onto ``path`` (the warm-start file several runs
+    start from). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _save_tensor_file(cpu_state_dict(model), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def rng_states() -> tuple[dict, dict]:
     """(JSON-able Python/numpy RNG states, torch RNG state tensors)."""
     version, internal, gauss = random.getstate()
@@ -103,7 +124,7 @@ def _save_checkpoint(ckpt_dir: Path, final: Path, step, model, optimizer, config
     tmp.mkdir()
     try:
         host_rng, tensor_rng = rng_states()
-        _save_tensor_file({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, tmp / "weights.pt")
+        _save_tensor_file(cpu_state_dict(model), tmp / "weights.pt")
         _save_tensor_file(optimizer.state_dict() if optimizer is not None else {}, tmp / "optimizer.pt")
         _save_tensor_file(tensor_rng, tmp / "rng.pt")
         record = {"step": step, "data_position": step, "rng": host_rng, "config": config_dict, **(state or {})}

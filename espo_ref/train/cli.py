@@ -93,7 +93,7 @@ TRAIN_OPTIONS = [
 ]
 
 
-def _report(command: str, exc: BaseException, code: int, verbose: bool, text: str | None = None) -> int:
+def _report(command: str, exc: BaseException, code: int, *, verbose: bool, text: str | None = None) -> int:
     """One line on stderr (the traceback too with -v); returns the exit status."""
     text = " ".join((text or str(exc)).split()) or type(exc).__name__
     if code == 1 and not verbose and _unexpected(exc):
@@ -112,25 +112,25 @@ def _unexpected(exc: BaseException) -> bool:
     return not isinstance(exc, (CheckpointWriteError, NonFiniteLossError, OSError))
 
 
-def _guarded(command: str, verbose: bool, body) -> int:
+def _guarded(command: str, body, *, verbose: bool) -> int:
     """Run ``body()`` and map what it raises to the exit status of [the module docstring]."""
     from .errors import DISK_FULL, CheckpointWriteError, NonFiniteLossError, TrainInputError, describe_os_error
 
     try:
         return body()
     except TrainInputError as e:
-        return _report(command, e, 2, verbose)
+        return _report(command, e, 2, verbose=verbose)
     except (NonFiniteLossError, CheckpointWriteError) as e:
-        return _report(command, e, 1, verbose)
+        return _report(command, e, 1, verbose=verbose)
     except OSError as e:
         if e.errno in DISK_FULL:  # a full disk outside a checkpoint (metrics, plots, summary)
             where = e.filename or "a file of the run"
-            return _report(command, e, 1, verbose, f"cannot write {where}: {describe_os_error(e)}")
-        return _report(command, e, 2, verbose)  # a missing or unreadable input file, an unwritable --out
+            return _report(command, e, 1, verbose=verbose, text=f"cannot write {where}: {describe_os_error(e)}")
+        return _report(command, e, 2, verbose=verbose)  # a missing or unreadable input file, an unwritable --out
     except ValueError as e:  # an input the configuration or the reference refused
-        return _report(command, e, 2, verbose)
+        return _report(command, e, 2, verbose=verbose)
     except Exception as e:  # a bug, or an error of the libraries underneath
-        return _report(command, e, 1, verbose)
+        return _report(command, e, 1, verbose=verbose)
 
 
 def _flagged(message: str) -> str:
@@ -141,7 +141,7 @@ def _flagged(message: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    return _guarded("train", args.verbose, lambda: _train_body(args))
+    return _guarded("train", lambda: _train_body(args), verbose=args.verbose)
 
 
 def _train_body(args: argparse.Namespace) -> int:
@@ -189,7 +189,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"report written to {report}")
         return 0
 
-    return _guarded("demo", args.verbose, body)
+    return _guarded("demo", body, verbose=args.verbose)
 
 
 def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:

@@ -1,4 +1,7 @@
-"""TrainConfig: every setting of a training run, saved as JSON with each checkpoint."""
+"""TrainConfig: every setting of a training run, saved as JSON with each checkpoint.
+
+ALGOS names the objectives; ``losses.LOSSES`` maps each to its torch loss and the builder
+of its configuration (there, since it imports torch; this module stays cheap to import)."""
 
 from __future__ import annotations
 
@@ -116,34 +119,3 @@ class TrainConfig:
 # Fields that may differ between a run and its resumption (they do not change the result).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "out_dir")
 
-
-def loss_config(config: TrainConfig, vocab_size: int):
-    """The reference's loss configuration for ``config.algo``: ESPOConfig with
-    ``vocab_size`` = the model's vocabulary ([ESPO-CONFIG]), or the baseline's config."""
-    from .. import baselines
-    from ..config import ESPOConfig
-
-    options: dict[str, Any] = {}
-    if config.log_ratio_clamp != DEFAULT:
-        options["log_ratio_clamp"] = config.log_ratio_clamp
-    for name in ("eps_low", "eps_high"):
-        if getattr(config, name) is not None:
-            options[name] = getattr(config, name)
-    espo_only = ("alpha", "top_fraction", "grouping", "eps_reading", "ratio_form", "clip", "drop_low_group")
-    if config.algo == "espo":
-        for name in espo_only:
-            if getattr(config, name) is not None:
-                options[name] = getattr(config, name)
-        if config.loss_agg_mode is not None:
-            raise ValueError("loss_agg_mode is a baseline option; ESPO aggregates by [ESPO-AGG]")
-        return ESPOConfig(vocab_size=vocab_size, **options)
-    given = [name for name in espo_only if getattr(config, name) is not None]
-    if given:
-        raise ValueError(f"{', '.join(given)} only apply to --algo espo, not {config.algo}")
-    if config.loss_agg_mode is not None:
-        options["loss_agg_mode"] = config.loss_agg_mode
-    cls = {"gspo": baselines.GSPOConfig, "grpo": baselines.GRPOConfig, "dapo": baselines.DAPOConfig,
-           "gmpo": baselines.GMPOConfig, "cispo": baselines.CISPOConfig}[config.algo]
-    if "log_ratio_clamp" in options and not hasattr(cls(), "log_ratio_clamp"):
-        raise ValueError(f"log_ratio_clamp does not apply to {config.algo}")
-    return cls(**options)

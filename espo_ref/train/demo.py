@@ -50,7 +50,7 @@ def demo_outputs_in(out: Path) -> list[Path]:
     return [out / name for name in names if (out / name).exists() or (out / name).is_symlink()]
 
 
-def clear_demo_outputs(out: Path, overwrite: bool, log=print) -> None:
+def clear_demo_outputs(out: Path, *, overwrite: bool, log=print) -> None:
     """Refuse (TrainInputError, exit 2) a folder holding a demo's files unless ``overwrite``;
     with it, remove exactly the files a demo writes."""
     from .trainer import RunExistsError, remove_run_files
@@ -154,7 +154,7 @@ def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, tota
     return path
 
 
-def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, progress: bool = True,
+def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, *, progress: bool = True,
              log=print, overwrite: bool = False) -> Path:
     """Warm-start once, train ESPO and GSPO from it on the same budget, write
     ``report.md`` and the comparison plots into ``out_dir``. Returns the report path.
@@ -165,7 +165,7 @@ def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, progr
     if out.exists() and not out.is_dir():
         raise TrainInputError(f"--out {out}: exists and is not a folder")
     config = demo_config(out, steps, seed)
-    clear_demo_outputs(out, overwrite, log)
+    clear_demo_outputs(out, overwrite=overwrite, log=log)
     start = time.perf_counter()
     log(f"warm-start: {config.sft_steps} supervised steps on template-formatted examples")
     warm = warm_start_weights(config, out / WARM_START, progress=progress)

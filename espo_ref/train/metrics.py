@@ -10,6 +10,14 @@ from .._io import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
+# Keys of a loss's metrics (LossResult.metrics) that a step's record leaves out; every other
+# key is logged as its mean over the step's mini-batch updates. Counts are batch sizes, not
+# diagnostics; the step's entropy is logged over the whole rollout ("entropy").
+UNLOGGED_LOSS_METRICS = frozenset({
+    "tokens", "responses", "high_group_tokens", "low_group_tokens", "trained_tokens", "groups_mean",
+    "entropy_mean", "entropy_mean_high_group", "entropy_mean_low_group",
+})
+
 
 class MetricsLog:
     """Appends one JSON object per step to ``metrics.jsonl`` (flushed each line) and mirrors

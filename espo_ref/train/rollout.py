@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,6 +55,12 @@ def left_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+def right_pad(sequences: list[list[int]], pad: int, device) -> torch.Tensor:
+    """ids [B, R] with each sequence left-aligned (responses)."""
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [pad] * (width - len(s)) for s in sequences], dtype=torch.long, device=device)
 
 
 def response_mask_of(response_ids: torch.Tensor, eos: int) -> torch.Tensor:
@@ -119,10 +125,11 @@ def generate(model, prompts: list[list[int]], *, eos: int, pad: int, max_new_tok
     return prompt_ids, prompt_mask, torch.stack(tokens, dim=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rollout:
-    """One step's samples: sequences, masks, rewards, and (after ``old_policy_pass``) the
-    old policy's log-probabilities and entropies at the sampling temperature."""
+    """One step's samples: the sequences and their masks. What is computed from them is
+    returned apart: the rewards by ``score``, the old policy's log-probs and entropies by
+    ``old_policy_pass``."""
 
     input_ids: torch.Tensor          # [B, P + R]
     attention_mask: torch.Tensor     # [B, P + R]
@@ -132,31 +139,32 @@ class Rollout:
     prompt_index: torch.Tensor       # [B] which prompt of the step
     texts: list[str]
     answers: list[str]
-    rewards: torch.Tensor = None     # [B] float32 (0 where unscored)
-    valid: torch.Tensor = None       # [B] bool: the verifier scored it [ESPO-ADV]
-    correct: torch.Tensor = None     # [B] bool: reward >= 1
-    old_logp: torch.Tensor = None    # [B, R]
-    entropy: torch.Tensor = None     # [B, R]
-    extras: dict = field(default_factory=dict)
 
     def rows(self, index: torch.Tensor) -> "Rollout":
         """The sub-batch of the given rows (for mini-batches)."""
-        pick = lambda t: None if t is None else t[index]
         idx = index.tolist()
-        return Rollout(pick(self.input_ids), pick(self.attention_mask), pick(self.response_ids),
-                       pick(self.response_mask), pick(self.ended), pick(self.prompt_index),
-                       [self.texts[i] for i in idx], [self.answers[i] for i in idx], pick(self.rewards),
-                       pick(self.valid), pick(self.correct), pick(self.old_logp), pick(self.entropy))
+        return Rollout(self.input_ids[index], self.attention_mask[index], self.response_ids[index],
+                       self.response_mask[index], self.ended[index], self.prompt_index[index],
+                       [self.texts[i] for i in idx], [self.answers[i] for i in idx])
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The verifier's verdict on each response of a rollout [ESPO-ADV]."""
+
+    rewards: torch.Tensor            # [B] float32 (0 where unscored)
+    valid: torch.Tensor              # [B] bool: the verifier scored it
+    correct: torch.Tensor            # [B] bool: valid and reward >= 1
 
 
 def build_rollout(prompt_ids, prompt_mask, response_ids, prompt_index, answers, tokenizer) -> Rollout:
+    """The rollout of sampled responses; each text is its response up to, without, the EOS."""
     eos = tokenizer.eos_token_id
     mask = response_mask_of(response_ids, eos)
     ended = ((response_ids == eos) & mask).any(dim=1)
-    texts = []
-    for row, m in zip(response_ids.tolist(), mask.tolist()):
-        kept = [t for t, keep in zip(row, m) if keep and t != eos]
-        texts.append(tokenizer.decode(kept))
+    # the mask is a prefix ending at the first EOS: the text is the prefix less that EOS
+    lengths = (mask.sum(dim=1) - ended.long()).tolist()
+    texts = [tokenizer.decode(row[:n]) for row, n in zip(response_ids.tolist(), lengths)]
     return Rollout(
         input_ids=torch.cat([prompt_ids, response_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
@@ -165,7 +173,7 @@ def build_rollout(prompt_ids, prompt_mask, response_ids, prompt_index, answers, 
     )
 
 
-def score(rollout: Rollout, task, score_truncated: bool = False) -> None:
+def score(rollout: Rollout, task, *, score_truncated: bool = False) -> Scores:
     """Verifier rewards. A response without EOS (truncated at max_new_tokens) is unscored
     unless ``score_truncated`` [ESPO-ADV]: valid = the verifier returned a score for a
     complete response."""
@@ -175,16 +183,16 @@ def score(rollout: Rollout, task, score_truncated: bool = False) -> None:
         valid.append(reward is not None)
         rewards.append(0.0 if reward is None else reward)
     device = rollout.response_ids.device
-    rollout.rewards = torch.tensor(rewards, dtype=torch.float32, device=device)
-    rollout.valid = torch.tensor(valid, dtype=torch.bool, device=device)
-    rollout.correct = rollout.valid & (rollout.rewards >= 1.0)
+    rewards = torch.tensor(rewards, dtype=torch.float32, device=device)
+    valid = torch.tensor(valid, dtype=torch.bool, device=device)
+    return Scores(rewards=rewards, valid=valid, correct=valid & (rewards >= 1.0))
 
 
 def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
-def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: bool, device: torch.device):
+def response_logprobs(model, batch: Rollout, temperature: float, device: torch.device, *, with_entropy: bool = False):
     """[ESPO-ENT] (logp [B, R], entropy [B, R] or None) of the response tokens under
     ``model`` at ``temperature``; 0 off the response mask. logp carries the gradient when
     grad is enabled; entropy (Eq. 6, over the model's whole vocabulary) is detached.
@@ -224,15 +232,16 @@ def response_logprobs(model, batch: Rollout, temperature: float, with_entropy: b
 
 
 @torch.no_grad()
-def old_policy_pass(model, rollout: Rollout, temperature: float, device: torch.device, chunk_rows: int) -> None:
-    """[ESPO-ENT-DOMAIN] The old (sampling) policy's log-probabilities and entropies at the
-    sampling temperature, without gradient, in chunks of ``chunk_rows`` sequences."""
+def old_policy_pass(model, rollout: Rollout, temperature: float, device: torch.device,
+                    chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[ESPO-ENT-DOMAIN] (old_logp [B, R], entropy [B, R]): the old (sampling) policy's
+    log-probabilities and entropies at the sampling temperature, without gradient, in
+    chunks of ``chunk_rows`` sequences (a chunk's memory is a mini-batch's, less the gradient)."""
     logps, entropies = [], []
     B = rollout.input_ids.shape[0]
     for start in range(0, B, chunk_rows):
         part = rollout.rows(torch.arange(start, min(start + chunk_rows, B), device=device))
-        logp, entropy = response_logprobs(model, part, temperature, True, device)
+        logp, entropy = response_logprobs(model, part, temperature, device, with_entropy=True)
         logps.append(logp)
         entropies.append(entropy)
-    rollout.old_logp = torch.cat(logps)
-    rollout.entropy = torch.cat(entropies)
+    return torch.cat(logps), torch.cat(entropies)

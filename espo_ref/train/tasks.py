@@ -192,7 +192,7 @@ class ArithTask(Task):
     TEMPLATE = " the answer is {} ."
     PATTERN = re.compile(r"^ the answer is (-?\d+) \.$")
 
-    def __init__(self, terms: int = 2, max_operand: int = 9, times: bool = False, verifier=None):
+    def __init__(self, terms: int = 2, max_operand: int = 9, *, times: bool = False, verifier=None):
         super().__init__(verifier)
         self.terms, self.max_operand, self.times = terms, max_operand, times
 
