@@ -28,7 +28,12 @@ CPU the growth of the resident set (the peak RSS, VmHWM = ``ru_maxrss``, reset t
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set.
 
     python bench/loss_overhead.py [--device cpu|cuda] [--sizes 64x4096,256x8192,1024x16384]
-                                  [--repeats R] [--out DIR]
+                                  [--repeats R] [--out DIR] [--before TREE]
+
+``--before TREE`` also times ``espo`` and ``gspo`` of another checkout of the project (e.g. a
+``git worktree`` of the commit before a refactor), loaded as the package ``espo_ref_before``,
+interleaved with this one in the same run: ``espo_before`` / ``gspo_before`` columns and the
+ratios ``espo_after_over_before`` / ``gspo_after_over_before``.
 
 Results go to bench/results/loss_overhead_<device>.{json,md} (atomic writes), and also to
 DIR when given.
@@ -86,6 +91,25 @@ def ppo_floor(logp, old_logp, entropy, mask, adv, eps=0.2):
     return -torch.where(mask, surrogate, 0.0).sum() / mask.sum()
 
 
+def load_before(tree):
+    """The espo_ref package of another checkout, imported as ``espo_ref_before`` (its modules use
+    relative imports only, so both versions live side by side)."""
+    import importlib.util
+
+    if "espo_ref_before" in sys.modules:
+        return sys.modules["espo_ref_before"]
+    package = Path(tree).resolve() / "espo_ref"
+    if not (package / "__init__.py").is_file():
+        raise SystemExit(f"--before: {tree} has no espo_ref/__init__.py")
+    spec = importlib.util.spec_from_file_location("espo_ref_before", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["espo_ref_before"] = module
+    spec.loader.exec_module(module)
+    importlib.import_module("espo_ref_before.torch")
+    return module
+
+
 def methods():
     espo_cfg = espo_ref.ESPOConfig(vocab_size=VOCAB)
     out = {"espo": lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, espo_cfg, validate=False).loss}
@@ -102,6 +126,12 @@ def methods():
     if hasattr(et, "grpo_loss"):
         out["grpo"] = lambda lp, o, e, m, a: et.grpo_loss(lp, o, m, a, validate=False).loss
     out["ppo_floor"] = ppo_floor
+    before = os.environ.get("ESPO_BENCH_BEFORE")
+    if before:
+        old = load_before(before)
+        old_cfg = old.ESPOConfig(vocab_size=VOCAB)
+        out["espo_before"] = lambda lp, o, e, m, a: old.torch.espo_loss(lp, o, e, m, a, old_cfg, validate=False).loss
+        out["gspo_before"] = lambda lp, o, e, m, a: old.torch.gspo_loss(lp, o, m, a, validate=False).loss
     return out, gspo_kind
 
 
@@ -185,12 +215,17 @@ def measure(B, T, device, repeats):
     if "gspo_form_s" in row:
         row["espo_over_gspo_form_time"] = row["espo_s"] / row["gspo_form_s"]
     row["within_target"] = row["espo_over_gspo_time"] <= TARGET[device]
+    for name in ("espo", "gspo"):
+        if f"{name}_before_s" in row:
+            row[f"{name}_after_over_before_time"] = row[f"{name}_s"] / row[f"{name}_before_s"]
     return row
 
 
 def format_table(rows, names) -> str:
     head = f"{'B x T':>12} " + " ".join(f"{n + ' ms':>12}" for n in names) + \
         f" {'espo/gspo':>9} {'e/gspo_form':>11} {'espo/floor':>10} " + " ".join(f"{n + ' MiB':>13}" for n in names) + f" {'mem e/g':>7}"
+    if rows and "espo_after_over_before_time" in rows[0]:
+        head += f" {'espo now/before':>15} {'gspo now/before':>15}"
     lines = [head]
     for r in rows:
         lines.append(f"{r['B']:>5} x {r['T']:<5}"
@@ -198,7 +233,9 @@ def format_table(rows, names) -> str:
                      + f" {r['espo_over_gspo_time']:>9.2f} {r.get('espo_over_gspo_form_time', float('nan')):>11.2f}"
                      + f" {r['espo_over_floor_time']:>10.2f} "
                      + " ".join(f"{r[n + '_peak_bytes'] / 2**20:>13.1f}" for n in names)
-                     + f" {r['espo_over_gspo_memory']:>7.2f}")
+                     + f" {r['espo_over_gspo_memory']:>7.2f}"
+                     + ("" if "espo_after_over_before_time" not in r else
+                        f" {r['espo_after_over_before_time']:>15.3f} {r['gspo_after_over_before_time']:>15.3f}"))
     return "\n".join(lines)
 
 
@@ -210,7 +247,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or None, help="extra output folder")
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu device only)")
+    parser.add_argument("--before", default=None, help="another checkout to time beside this one")
     args = parser.parse_args(argv)
+    if args.before:
+        os.environ["ESPO_BENCH_BEFORE"] = str(Path(args.before).resolve())  # the memory subprocesses read it
+        load_before(args.before)
     device = args.device
     if device == "cpu":
         torch.set_num_threads(args.threads)
@@ -248,6 +289,10 @@ def main(argv=None) -> int:
                 "(VmHWM/ru_maxrss after a clear_refs reset, minus the RSS before) in a fresh "
                 "subprocess per method and size",
         "note": args.note, "skipped": skipped, "rows": rows,
+        "before": None if not args.before else {
+            "tree": str(Path(args.before).resolve()),
+            "commit": subprocess.run(["git", "-C", args.before, "rev-parse", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip() or None},
     }
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     head = "\n".join(f"- {k}: {v}" for k, v in machine.items())

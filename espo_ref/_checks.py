@@ -7,13 +7,23 @@ which padding is zeroed so that nothing from it can leak into an output.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .errors import ESPOInputError
 
 
 def first_index(bad: np.ndarray) -> tuple[int, ...]:
+    """Row-major first True position."""
     return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def raise_at_first(bad: np.ndarray, message: Callable[[tuple[int, ...]], str]) -> None:
+    """[ESPO-INPUT] Raise ``ESPOInputError(message(index))`` at the first True of ``bad``
+    (row-major); nothing when all are False."""
+    if bad.any():
+        raise ESPOInputError(message(first_index(bad)))
 
 
 def as_real_array(x, name: str, ndim: int | None = None) -> np.ndarray:
@@ -35,12 +45,8 @@ def as_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
         return arr.copy()
     if arr.dtype == object or arr.dtype.kind not in "fiu":
         raise ESPOInputError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
-    bad = (arr != 0) & (arr != 1)
-    if bad.any():
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"{name} must be boolean or 0/1, found {arr[idx]!r} at index {list(idx)}"
-        )
+    raise_at_first((arr != 0) & (arr != 1),
+                   lambda idx: f"{name} must be boolean or 0/1, found {arr[idx]!r} at index {list(idx)}")
     return arr.astype(bool)
 
 
@@ -51,24 +57,16 @@ def check_shape(arr: np.ndarray, name: str, shape: tuple[int, ...], ref: str) ->
 
 def finite_on(arr: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
     """Raise if arr is non-finite at a response position; return arr with padding zeroed."""
-    bad = mask & ~np.isfinite(arr)
-    if bad.any():
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"{name} has a non-finite value {arr[idx]!r} at response position {list(idx)}"
-        )
+    raise_at_first(mask & ~np.isfinite(arr),
+                   lambda idx: f"{name} has a non-finite value {arr[idx]!r} at response position {list(idx)}")
     return np.where(mask, arr, 0.0)
 
 
 def entropy_in_range(entropy: np.ndarray, mask: np.ndarray, log_vocab: float, tol: float) -> None:
     """Eq. 6 bounds: 0 <= e <= log|V|, up to an absolute tolerance [ESPO-ENT-DOMAIN]."""
-    bad = mask & ((entropy < -tol) | (entropy > log_vocab + tol))
-    if bad.any():
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
-            f"(tolerance {tol:g}); found {entropy[idx]!r} at response position {list(idx)}"
-        )
+    raise_at_first(mask & ((entropy < -tol) | (entropy > log_vocab + tol)),
+                   lambda idx: f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
+                               f"(tolerance {tol:g}); found {entropy[idx]!r} at response position {list(idx)}")
 
 
 def advantages_2d(advantages, mask: np.ndarray, name: str = "advantages") -> np.ndarray:
@@ -107,13 +105,9 @@ def log_ratio(lp: np.ndarray, olp: np.ndarray, mask: np.ndarray) -> np.ndarray:
     of finite values that leaves the float64 range is an error naming both arguments."""
     with np.errstate(over="ignore", invalid="ignore"):
         log_r = np.where(mask, lp - olp, 0.0)
-    bad = ~np.isfinite(log_r)
-    if bad.any():
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"logp - old_logp overflows float64 at response position {list(idx)} "
-            f"(logp {lp[idx]!r}, old_logp {olp[idx]!r})"
-        )
+    raise_at_first(~np.isfinite(log_r),
+                   lambda idx: f"logp - old_logp overflows float64 at response position {list(idx)} "
+                               f"(logp {lp[idx]!r}, old_logp {olp[idx]!r})")
     return log_r
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_real_array, entropy_in_range, finite_on, first_index
+from ._checks import as_real_array, entropy_in_range, finite_on, raise_at_first
 from ._segments import Segments, group_segments
 from .config import ESPOConfig, check_config
 from .errors import ESPOInputError
@@ -56,13 +56,9 @@ def finite_eps(eps: np.ndarray, entropy: np.ndarray, response: np.ndarray, confi
     with np.errstate(over="ignore", invalid="ignore"):
         eps = np.where(np.isfinite(eps), eps, config.alpha * (entropy / config.log_vocab))
     eps = np.where(response, eps, 0.0)
-    bad = ~np.isfinite(eps)
-    if bad.any():
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"alpha = {config.alpha!r} is too large: the clip range alpha * e / log(vocab_size) "
-            f"overflows float64 at response position {list(idx)}"
-        )
+    raise_at_first(~np.isfinite(eps),
+                   lambda idx: f"alpha = {config.alpha!r} is too large: the clip range alpha * e / log(vocab_size) "
+                               f"overflows float64 at response position {list(idx)}")
     return eps
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import loss_overflow
-from .errors import ESPOInputError
+from ._checks import loss_overflow, raise_at_first
 
 CLAMP_REMEDY = "set log_ratio_clamp to bound it"
 
@@ -17,13 +16,9 @@ def exp_ratio(log_value: np.ndarray, mask: np.ndarray, remedy: str = CLAMP_REMED
     padding); a ratio that overflows float64 is an error, never an inf or NaN."""
     with np.errstate(over="ignore"):
         ratio = np.where(mask, np.exp(np.where(mask, log_value, 0.0)), 0.0)
-    overflow = mask & ~np.isfinite(ratio)
-    if overflow.any():
-        idx = [int(i) for i in np.argwhere(overflow)[0]]
-        raise ESPOInputError(
-            f"logp - old_logp gives a ratio that overflows float64 at response position {idx} "
-            f"(log value {log_value[tuple(idx)]:.6g}); {remedy}"
-        )
+    raise_at_first(mask & ~np.isfinite(ratio),
+                   lambda idx: f"logp - old_logp gives a ratio that overflows float64 at response position "
+                               f"{list(idx)} (log value {log_value[idx]:.6g}); {remedy}")
     return ratio
 
 

@@ -19,18 +19,24 @@ CHECKS = ["check_equals_reference", "check_micro_batch_sum", "check_errors", "ch
           "check_v0_hook_only_for_espo"]
 
 
-@pytest.fixture(scope="module")
-def verl_checks():
+def run_in_verl_env(script: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run tests/peers/<script> in the verl environment: (process, its last JSON line). Skips
+    without the environment, except under CI, where that is a failure."""
     if not VERL_PYTHON.exists():
         message = f"no verl 0.9.1 environment at {VERL_PYTHON}: run bash tests/peers/setup_verl.sh"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    proc = subprocess.run([str(VERL_PYTHON), str(ROOT / "tests" / "peers" / "verl_plugin_checks.py")],
+    proc = subprocess.run([str(VERL_PYTHON), str(ROOT / "tests" / "peers" / script)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return proc, json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def verl_checks():
+    return run_in_verl_env("verl_plugin_checks.py")[1]
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -44,16 +50,7 @@ def test_ESPO_OBJ_verl_worker_updates_a_tiny_model_with_the_plugin_on_cpu():
     gloo, a CPU platform registered through verl's platform API: the old-log-prob pass, one update per
     trainer generation (v0 "espo_old_entropy", v1 "entropy") through the plugin, and the engine's loss
     and gradient norm against espo_ref.torch.espo_loss (tests/peers/verl_worker_check.py)."""
-    if not VERL_PYTHON.exists():
-        message = f"no verl 0.9.1 environment at {VERL_PYTHON}: run bash tests/peers/setup_verl.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.run([str(VERL_PYTHON), str(ROOT / "tests" / "peers" / "verl_worker_check.py")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(lines[-1])
+    proc, report = run_in_verl_env("verl_worker_check.py")
     assert proc.returncode == 0 and report["passed"], json.dumps(report["failed"])[:3000]
     for run in ("use_remove_padding=True", "use_remove_padding=False"):
         assert run in report["checks"], sorted(report["checks"])

@@ -10,6 +10,8 @@ with ``torch.where`` before any arithmetic, so that neither values nor gradients
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -89,6 +91,13 @@ def first_index(bad: torch.Tensor) -> list[int]:
     return [int(i) for i in bad.nonzero()[0].tolist()]
 
 
+def raise_at_first(bad: torch.Tensor, message: Callable[[list[int]], str]) -> None:
+    """[ESPO-INPUT] Raise ``ESPOInputError(message(index))`` at the first True of ``bad``
+    (row-major); nothing when all are False. A host sync."""
+    if bool(bad.any()):
+        raise ESPOInputError(message(first_index(bad)))
+
+
 def as_real_array(x, name: str, ndim: int | None = None, device=None) -> torch.Tensor:
     """A real (non-bool, non-complex) tensor, in its own dtype; the core's as_real_array."""
     t, numpy_name = coerce(x, device)
@@ -110,12 +119,8 @@ def as_mask(mask, name: str, shape: tuple[int, ...], device=None, validate: bool
     if t is None or not is_real(t.dtype):
         raise ESPOInputError(f"{name} must be boolean or 0/1, got dtype {numpy_name}")
     if validate:
-        bad = (t != 0) & (t != 1)
-        if bool(bad.any()):
-            idx = first_index(bad)
-            raise ESPOInputError(
-                f"{name} must be boolean or 0/1, found {scalar_repr(t, idx)} at index {idx}"
-            )
+        raise_at_first((t != 0) & (t != 1),
+                       lambda idx: f"{name} must be boolean or 0/1, found {scalar_repr(t, idx)} at index {idx}")
     return t != 0
 
 
@@ -131,12 +136,8 @@ def finite_on(t: torch.Tensor, mask: torch.Tensor, name: str, dtype: torch.dtype
     """Raise if t is non-finite at a response position; return t in ``dtype`` with padding
     replaced by 0 (``torch.where`` on the input, so padding gets a zero, not NaN, gradient)."""
     if validate:
-        bad = mask & ~torch.isfinite(t)
-        if bool(bad.any()):
-            idx = first_index(bad)
-            raise ESPOInputError(
-                f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}"
-            )
+        raise_at_first(mask & ~torch.isfinite(t),
+                       lambda idx: f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}")
     return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device)).to(dtype)
 
 
@@ -171,13 +172,9 @@ def entropy_in_range(entropy: torch.Tensor, mask: torch.Tensor, log_vocab: float
     exactly as the core decides it in float64 (the float64 bounds are rounded outward)."""
     lo = _float_above(-tol, entropy.dtype)
     hi = _float_below(log_vocab + tol, entropy.dtype)
-    bad = mask & ((entropy < lo) | (entropy > hi))
-    if bool(bad.any()):
-        idx = first_index(bad)
-        raise ESPOInputError(
-            f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
-            f"(tolerance {tol:g}); found {float_repr(entropy, idx)} at response position {idx}"
-        )
+    raise_at_first(mask & ((entropy < lo) | (entropy > hi)),
+                   lambda idx: f"entropy must lie in [0, log(vocab_size)] = [0, {log_vocab:.6g}] "
+                               f"(tolerance {tol:g}); found {float_repr(entropy, idx)} at response position {idx}")
 
 
 def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, dtype: torch.dtype,
@@ -223,13 +220,9 @@ def log_ratio(lp: torch.Tensor, olp: torch.Tensor, mask: torch.Tensor, validate:
     of the compute dtype is an error naming both arguments (a host sync, only if ``validate``)."""
     log_r = lp - olp  # both are 0 on padding (finite_on)
     if validate:
-        bad = ~torch.isfinite(log_r.detach())
-        if bool(bad.any()):
-            idx = first_index(bad)
-            raise ESPOInputError(
-                f"logp - old_logp overflows {dtype_name(log_r.dtype)} at response position {idx} "
-                f"(logp {float_repr(lp, idx)}, old_logp {float_repr(olp, idx)})"
-            )
+        raise_at_first(~torch.isfinite(log_r.detach()),
+                       lambda idx: f"logp - old_logp overflows {dtype_name(log_r.dtype)} at response position {idx} "
+                                   f"(logp {float_repr(lp, idx)}, old_logp {float_repr(olp, idx)})")
     return log_r
 
 

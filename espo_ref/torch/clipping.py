@@ -7,7 +7,7 @@ import torch
 
 from ..config import ESPOConfig, check_config
 from ..errors import ESPOInputError
-from ._checks import as_real_array, coerce, compute_dtype, dtype_name, entropy_in_range, finite_on, first_index
+from ._checks import as_real_array, coerce, compute_dtype, dtype_name, entropy_in_range, finite_on, raise_at_first
 from ._segments import Segments, group_segments
 from .grouping import check_groups, trained_tokens
 
@@ -65,12 +65,9 @@ def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor,
     eps = torch.where(torch.isfinite(eps), eps, config.alpha * (entropy / config.log_vocab))
     eps = torch.where(response, eps, zero)
     if validate:
-        bad = ~torch.isfinite(eps)
-        if bool(bad.any()):
-            raise ESPOInputError(
-                f"alpha = {config.alpha!r} is too large: the clip range alpha * e / log(vocab_size) "
-                f"overflows {dtype_name(eps.dtype)} at response position {first_index(bad)}"
-            )
+        raise_at_first(~torch.isfinite(eps),
+                       lambda idx: f"alpha = {config.alpha!r} is too large: the clip range alpha * e / "
+                                   f"log(vocab_size) overflows {dtype_name(eps.dtype)} at response position {idx}")
     return eps
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import loss_overflow
-from ..errors import ESPOInputError
 from ..surrogate import CLAMP_REMEDY
-from ._checks import bound, dtype_name, first_index
+from ._checks import bound, dtype_name, raise_at_first
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -21,13 +20,10 @@ def exp_ratio(log_value: torch.Tensor, mask: torch.Tensor, remedy: str = CLAMP_R
     padding); an overflow (of the compute dtype) is an error when ``validate`` (a host sync)."""
     ratio = torch.where(mask, torch.exp(torch.where(mask, log_value, _zero(log_value))), _zero(log_value))
     if validate:
-        overflow = mask & ~torch.isfinite(ratio)
-        if bool(overflow.any()):
-            idx = first_index(overflow)
-            raise ESPOInputError(
-                f"logp - old_logp gives a ratio that overflows {dtype_name(ratio.dtype)} at response position {idx} "
-                f"(log value {float(log_value.detach()[tuple(idx)]):.6g}); {remedy}"
-            )
+        raise_at_first(mask & ~torch.isfinite(ratio),
+                       lambda idx: f"logp - old_logp gives a ratio that overflows {dtype_name(ratio.dtype)} at "
+                                   f"response position {idx} (log value {float(log_value.detach()[tuple(idx)]):.6g}); "
+                                   f"{remedy}")
     return ratio
 
 
