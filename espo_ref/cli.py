@@ -111,6 +111,76 @@ def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
+# (flag, ESPOConfig field, type) for explain: every option of ESPOConfig, as in espo-ref train
+def _clamp(text: str):
+    """A float, or the string "none" (no clamp; None itself means the flag was not given)."""
+    return "none" if text.lower() == "none" else float(text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+EXPLAIN_OPTIONS = [
+    ("--vocab-size", "vocab_size", int), ("--alpha", "alpha", float), ("--top-fraction", "top_fraction", float),
+    ("--grouping", "grouping", str), ("--entropy-edges", "entropy_edges", _floats),
+    ("--drop-low-group", "drop_low_group", _bool), ("--clip", "clip", str), ("--eps-low", "eps_low", float),
+    ("--eps-high", "eps_high", float), ("--eps-reading", "eps_reading", str), ("--ratio-form", "ratio_form", str),
+    ("--log-ratio-clamp", "log_ratio_clamp", _clamp), ("--entropy-tolerance", "entropy_tolerance", float),
+]
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """[CONF-EXIT] Exit 0 (with --impl: the implementation agrees), 1 the implementation differs,
+    2 a usage or input error (one line on stderr; -v adds the traceback)."""
+    from pathlib import Path
+
+    from ._io import write_atomic
+    from .conformance.runner import SetupError
+    from .errors import ESPOInputError
+    from .explain import compare, espo_config_of, load_batch, token_view
+    from .explain.html import explain_page
+    from .explain.text import render
+
+    try:
+        html_path = Path(args.html) if args.html else Path(args.batch).with_suffix(".explain.html")
+        if html_path.exists() and not args.force:
+            raise SetupError(f"--html {html_path}: exists; pass --force to overwrite it (or --html PATH)")
+        if args.rows < 0:
+            raise SetupError(f"--rows must be >= 0, got {args.rows}")
+        batch = load_batch(args.batch)
+        overrides = {field: getattr(args, field) for _, field, _ in EXPLAIN_OPTIONS
+                     if getattr(args, field) is not None}
+        if overrides.get("log_ratio_clamp") == "none":
+            overrides["log_ratio_clamp"] = None
+        view = token_view(batch, espo_config_of(batch, overrides))
+        comparison = None
+        if args.impl:
+            comparison = compare(view, args.impl, adapter=args.adapter, backend=args.backend, device=args.device)
+    except (SetupError, ESPOInputError) as exc:
+        print(f"espo-ref explain: {exc}", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return 2
+    print(render(view, comparison, rows=args.rows))
+    write_atomic(html_path, explain_page(view, comparison))
+    print(f"\npage written to {html_path}")
+    return 1 if comparison is not None and comparison.status != "pass" else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="espo-ref", description="The ESPO reference implementation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +223,25 @@ def main(argv=None) -> int:
     conform.add_argument("--force", action="store_true", help="with --dump: overwrite existing files")
     conform.add_argument("-v", "--verbose", action="store_true", help="list passing cases too; tracebacks")
     conform.set_defaults(handler=_conform)
+
+    explain = sub.add_parser(
+        "explain", help="what ESPO does to each token of a batch (and where an implementation differs)",
+        description="Exit status: 0 done (with --impl: it agrees with the reference), 1 --impl differs, "
+                    "2 usage or input error. BATCH: a .npz or .json with the inputs of espo_loss, as "
+                    "espo-ref conform --dump or a training run's batches/ write them.")
+    explain.add_argument("batch", metavar="BATCH", help="batch file (.npz or .json)")
+    explain.add_argument("--impl", default=None, help="package.module:callable to compare with the reference")
+    explain.add_argument("--adapter", default="native", help="how to call --impl (as in espo-ref conform)")
+    explain.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
+    explain.add_argument("--device", default="cpu", help="torch device for --impl")
+    explain.add_argument("--html", default=None, help="page to write (default: BATCH with .explain.html)")
+    explain.add_argument("--force", action="store_true", help="overwrite an existing page")
+    explain.add_argument("--rows", type=int, default=40, help="token rows in the terminal table (default 40)")
+    explain.add_argument("-v", "--verbose", action="store_true", help="tracebacks with the error messages")
+    for flag, field, kind in EXPLAIN_OPTIONS:
+        explain.add_argument(flag, dest=field, type=kind, default=None,
+                             help=f"ESPOConfig.{field} (default: the batch's config, else ESPOConfig's)")
+    explain.set_defaults(handler=_explain)
 
     from .train.cli import add_parsers as add_train_parsers
 

@@ -170,8 +170,8 @@ def test_no_checkpoint_of_diverged_weights(tmp_path, monkeypatch):
     checkpoint stays the latest."""
     real = trainer_module.train_step
 
-    def poisoning_step(run, step):
-        record = real(run, step)
+    def poisoning_step(run, step, **kwargs):
+        record = real(run, step, **kwargs)
         with torch.no_grad():
             next(run.model.parameters()).view(-1)[0] = float("nan")
         return record

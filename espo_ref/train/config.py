@@ -69,6 +69,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    # ESPO runs: sampled rollouts and explainable batches every N steps (0: none), responses kept
+    samples_every: int = 10
+    samples_kept: int = 4
     device: str = "cpu"
     threads: int = 1
 
@@ -83,7 +86,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("sft_steps", "eval_prompts", "warmup_steps", "checkpoint_every", "keep_checkpoints"):
+        for name in ("sft_steps", "eval_prompts", "warmup_steps", "checkpoint_every", "keep_checkpoints",
+                     "samples_every", "samples_kept"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -117,5 +121,5 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "out_dir")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "out_dir", "samples_every", "samples_kept")
 

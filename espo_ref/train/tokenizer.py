@@ -43,6 +43,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.tokens[i] for i in ids if int(i) >= len(SPECIALS))
 
+    def token_strings(self, ids) -> list[str]:
+        """Each id as its own string (specials by name), for per-token views."""
+        return [self.tokens[int(i)] if 0 <= int(i) < len(self.tokens) else UNK for i in ids]
+
     def prompt_ids(self, prompt: str) -> list[int]:
         return [self.bos_token_id] + self.encode(prompt)
 
@@ -75,6 +79,10 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_strings(self, ids) -> list[str]:
+        """Each id decoded on its own (what it adds to the text), for per-token views."""
+        return [self.tok.decode([int(i)]) for i in ids]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if getattr(self.tok, "chat_template", None):

@@ -65,6 +65,8 @@ from .metrics import METRICS_FILE, PANELS, UNLOGGED_LOSS_METRICS, MetricsLog, me
 from .model import load_policy, model_positions, vocab_size
 from .rollout import (Rollout, Scores, build_rollout, generate, left_pad, old_policy_pass, response_logprobs,
                       right_pad, score, step_generator)
+from .samples import BATCHES_DIR, SAMPLES_FILE, TOKEN_VIEW, SampleLog, response_tokens, wants_samples, \
+    write_samples, write_token_view
 from .tasks import VerifierError, make_task
 
 __all__ = ["NonFiniteLossError", "RUN_FILES", "RUN_MARKERS", "RunExistsError", "seed_everything", "train",
@@ -73,7 +75,7 @@ __all__ = ["NonFiniteLossError", "RUN_FILES", "RUN_MARKERS", "RunExistsError", "
 # What a training run writes into its folder (``overwrite`` removes exactly these), and what
 # marks a folder as holding a run (those, and a demo's report).
 RUN_FILES = (METRICS_FILE, "config.json", "summary.json", "checkpoints", "tensorboard",
-             *(f"{name}.png" for name in PANELS))
+             *(f"{name}.png" for name in PANELS), SAMPLES_FILE, BATCHES_DIR, TOKEN_VIEW)
 RUN_MARKERS = (*RUN_FILES, "report.md")
 
 
@@ -453,6 +455,8 @@ class Update:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    # the first update's rows, current log-probs and loss result (what samples.write_samples saves)
+    first: tuple | None = None
 
 
 def optimizer_step(run: Run, loss: torch.Tensor, params: list, step: int, where: str) -> tuple[float, float]:
@@ -490,6 +494,8 @@ def update_policy(run: Run, rollout: Rollout, old_logp, entropy, advantages, ste
             result = compute_loss(config.algo, logp, old_logp[rows], entropy[rows], rollout.response_mask[rows],
                                   advantages[rows], run.loss_config)
             loss, grad_norm = optimizer_step(run, result.loss, params, step, where)
+            if update.first is None:
+                update.first = (rows, logp.detach(), result, loss, where)
             update.losses.append(loss)
             update.grad_norms.append(grad_norm)
             for key, value in result.metrics.items():
@@ -535,9 +541,26 @@ def loss_metric_means(metrics: dict[str, list[tuple[float, str]]], step: int, lo
     return record
 
 
-def train_step(run: Run, step: int) -> dict:
+def step_samples(run: Run, step: int, examples, rollout: Rollout, scores: Scores, old_logp, entropy, advantages,
+                 update: Update) -> list[dict]:
+    """The step's first mini-batch as an explainable batch (batches/) and its first responses'
+    token records (for rollouts.jsonl) [ESPO-GROUP] [ESPO-CLIPMASK]."""
+    rows, logp, result, loss, where = update.first
+    mask = rollout.response_mask[rows]
+    inputs = {"logp": logp, "old_logp": old_logp[rows], "entropy": entropy[rows], "mask": mask,
+              "advantages": advantages[rows]}
+    index = rows.tolist()
+    prompts = [examples[int(rollout.prompt_index[i])].prompt for i in index]
+    return write_samples(run.out_dir, step, prompts=prompts, rewards=scores.rewards[rows].tolist(),
+                         tokens=response_tokens(run.tokenizer, rollout.response_ids[rows], mask), inputs=inputs,
+                         result=result, loss_config=run.loss_config,
+                         logged={"step": step, "loss": loss, "update": where}, kept=run.config.samples_kept)
+
+
+def train_step(run: Run, step: int, *, samples: SampleLog | None = None) -> dict:
     """One RL step, collect -> score -> old_policy -> advantages -> update; returns the
-    step's record (its line of metrics.jsonl)."""
+    step's record (its line of metrics.jsonl). With ``samples``, a sampled step's first
+    mini-batch and responses are written too (see ``samples``)."""
     t0 = time.perf_counter()
     examples, rollout = collect(run, step)
     scores = score_step(run, rollout, step)
@@ -548,6 +571,8 @@ def train_step(run: Run, step: int) -> dict:
     advantages = grpo_advantages(scores.rewards, rollout.prompt_index, valid=scores.valid)
     update = update_policy(run, rollout, old_logp, entropy, advantages, step)
     t3 = _clock(run.device)
+    if samples is not None and wants_samples(run.config, step):
+        samples.write(step_samples(run, step, examples, rollout, scores, old_logp, entropy, advantages, update))
     return {
         "step": step,
         **rollout_metrics(rollout, scores, entropy, advantages),
@@ -622,11 +647,12 @@ def run_steps(run: Run, metrics: MetricsLog, summary: dict, *, stop_at_step: int
     a checkpoint every ``checkpoint_every`` steps and after the last one."""
     config = run.config
     last = last_step(run, stop_at_step)
+    samples = SampleLog(run.out_dir, keep_until_step=run.step)
     bar = tqdm(total=config.steps, initial=run.step, desc=f"{config.algo} {config.task}", disable=not progress,
                dynamic_ncols=True)
     try:
         for step in range(run.step + 1, last + 1):
-            record = train_step(run, step)
+            record = train_step(run, step, samples=samples)
             run.step = step
             metrics.write(record)
             bar.update(1)
@@ -655,6 +681,7 @@ def finish(run: Run, summary: dict, start_time: float) -> dict:
             summary.update(_suffixed(evaluate(run.model, run.tokenizer, run.task, config, run.device), "_after"))
     if records:
         plot_runs({config.algo: records}, out)
+    write_token_view(out, f"{config.algo.upper()} on {config.task}: what the loss did to each token")
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
