@@ -13,12 +13,13 @@ STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em; color: #1d1d1f; max-width: 1400px; }
 h1 { font-size: 1.35em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
 .summary td { padding: 0 1.2em 0 0; } .summary td:first-child { color: #555; }
-.legend span { margin-right: 1.2em; white-space: nowrap; }
+.legend { display: flex; flex-wrap: wrap; gap: .3em 1.2em; }
+.legend > span { white-space: nowrap; }
 .response { margin: .5em 0; padding: .35em .5em; border-left: 3px solid #ccc; }
 .response.positive { border-left-color: #2a9d8f; } .response.negative { border-left-color: #e76f51; }
 .meta { color: #555; font-size: .85em; }
 .prompt { color: #777; font-family: ui-monospace, monospace; white-space: pre-wrap; }
-.tokens { font-family: ui-monospace, monospace; line-height: 2.1; }
+.tokens { font-family: ui-monospace, monospace; line-height: 2.1; font-size: 1.15em; }
 .tok { padding: 2px 1px; margin: 0 1px; border-radius: 3px; cursor: pointer; white-space: pre; }
 .g0 { background: #f4a261; } .g1 { background: #bde0fe; } .gx { background: #cdeac0; }
 .untrained { opacity: .45; }
@@ -110,7 +111,8 @@ def token_table(rows: list[dict[str, Any]], columns=COLUMNS, limit: int = 5000) 
     for r in rows[:limit]:
         key = r.get("key", f"{r.get('response', 0)}-{r['position']}")
         cells = "".join(
-            f'<td class="text">{html.escape(shown(str(r[c])))}</td>' if c in ("token", "clipped") else
+            f'<td class="text">{html.escape(r[c] or "-")}</td>' if c == "clipped" else
+            f'<td class="text">{html.escape(shown(str(r[c])))}</td>' if c == "token" else
             f"<td>{number(r[c]) if isinstance(r[c], float) else r[c]}</td>" for c in columns)
         lines.append(f'<tr id="row-{html.escape(key)}">{cells}</tr>')
     more = f"<p>({len(rows) - limit} more tokens not shown)</p>" if len(rows) > limit else ""

@@ -96,6 +96,36 @@ def _row(label: str, summary: dict, records: list[dict]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def token_view_lines(run_dir: Path) -> list[str]:
+    """[ESPO-GROUP] What the ESPO run's sampled rollouts show about the high-entropy group: the
+    share of answer-digit tokens in it against the share of template tokens, at the first and
+    the last sampled step (whatever it shows)."""
+    from .samples import SAMPLES_FILE, TOKEN_VIEW, high_group_share
+
+    records = read_metrics(run_dir / SAMPLES_FILE)
+    if not records:
+        return []
+    steps = sorted({r["step"] for r in records})
+    parts = []
+    for step in (steps[0], steps[-1]):
+        mine = [r for r in records if r["step"] == step]
+        digits, n_digits = high_group_share(mine, str.isdigit)
+        other, n_other = high_group_share(mine, lambda tok: not tok.isdigit())
+        parts.append(f"at step {step}, {digits} of {n_digits} answer-digit tokens "
+                     f"({_fmt(digits / max(n_digits, 1), 2)}) were in the high-entropy group against {other} of "
+                     f"{n_other} other tokens ({_fmt(other / max(n_other, 1), 2)})")
+    return [
+        "## What ESPO did to each token",
+        "",
+        f"[`{run_dir.name}/{TOKEN_VIEW}`]({run_dir.name}/{TOKEN_VIEW}) shows the ESPO run's sampled responses of the "
+        "first and the last sampled step, each token coloured by its entropy group and marked where clipping bit "
+        f"(hover for its entropy, epsilon and clip side); `{run_dir.name}/batches/` holds each sampled step's "
+        "mini-batch for `espo-ref explain`. In the samples kept (the first responses of each sampled step's first "
+        f"mini-batch), {parts[0]}; {parts[1]}.",
+        "",
+    ]
+
+
 def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, total_s: float) -> Path:
     import torch
     import transformers
@@ -140,6 +170,7 @@ def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, tota
         "",
         "![clip fractions](clipfrac.png)",
         "",
+        *(token_view_lines(out / "espo") if "espo" in results else []),
         f"One seed, a 2-layer model, {config.steps} steps: an illustration of the loop and the diagnostics "
         "of the paper's Figs. 3-5, not evidence about large models. `bench/sample_efficiency.py` runs every "
         "algorithm on several seeds.",
