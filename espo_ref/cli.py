@@ -175,8 +175,8 @@ def _explain(args: argparse.Namespace) -> int:
 
             traceback.print_exc()
         return 2
+    write_atomic(html_path, explain_page(view, comparison))  # before printing: a closed pipe must not lose it
     print(render(view, comparison, rows=args.rows))
-    write_atomic(html_path, explain_page(view, comparison))
     print(f"\npage written to {html_path}")
     return 1 if comparison is not None and comparison.status != "pass" else 0
 
@@ -254,7 +254,13 @@ def main(argv=None) -> int:
             print(f"espo-ref {args.command}: error: {message} (see espo-ref {args.command} --help)", file=sys.stderr)
             return 2
         parser.error(message)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # the reader went away (espo-ref ... | head): nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
