@@ -1,6 +1,6 @@
 """The fuzz properties of tests/test_fuzz.py (issue 12) for many more examples, counted.
 
-Every public loss and component (tests/fuzz_properties.py: FUNCTIONS) gets random extreme
+Every public loss and component (tests/helpers/fuzz_properties.py: FUNCTIONS) gets random extreme
 but finite inputs, float64 and float32, through the numpy core and the torch backend. A
 property violation is recorded, not raised, so that the run completes; the counts say how
 many cases ran, how each backend ended (fine, or an ESPOInputError by message kind), how
@@ -31,7 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.errors import UnsatisfiedAssumption  # noqa: E402
 
 from _common import machine_info, write_results  # noqa: E402
-from fuzz_properties import CHECKS, FUNCTIONS, Record, cases  # noqa: E402
+from helpers.fuzz_properties import CHECKS, FUNCTIONS, Record, cases  # noqa: E402
 
 import espo_ref  # noqa: E402
 

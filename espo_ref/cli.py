@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._argtypes import boolean
+
 
 def _conform(args: argparse.Namespace) -> int:
     """[CONF-EXIT] Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass), 2 a usage
@@ -117,14 +119,6 @@ def _clamp(text: str):
     return "none" if text.lower() == "none" else float(text)
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _floats(text: str) -> tuple:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -135,7 +129,7 @@ def _floats(text: str) -> tuple:
 EXPLAIN_OPTIONS = [
     ("--vocab-size", "vocab_size", int), ("--alpha", "alpha", float), ("--top-fraction", "top_fraction", float),
     ("--grouping", "grouping", str), ("--entropy-edges", "entropy_edges", _floats),
-    ("--drop-low-group", "drop_low_group", _bool), ("--clip", "clip", str), ("--eps-low", "eps_low", float),
+    ("--drop-low-group", "drop_low_group", boolean), ("--clip", "clip", str), ("--eps-low", "eps_low", float),
     ("--eps-high", "eps_high", float), ("--eps-reading", "eps_reading", str), ("--ratio-form", "ratio_form", str),
     ("--log-ratio-clamp", "log_ratio_clamp", _clamp), ("--entropy-tolerance", "entropy_tolerance", float),
 ]

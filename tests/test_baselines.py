@@ -1,7 +1,7 @@
 """The baselines of specs/baselines.md against loop oracles, finite differences and ESPO.
 
 Each test names the clause it checks; a failure message names the clause and the values.
-Expected values come from ``test_baselines_oracle`` (plain Python loops written from the
+Expected values come from ``helpers/baselines_oracle.py`` (plain Python loops written from the
 spec), from central finite differences, or from ``espo_loss`` through an identity of
 [BASE-IDENTITIES] — never from the function under test.
 """
@@ -15,7 +15,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import test_baselines_oracle as oracle
 from espo_ref import (
     CISPOConfig,
     DAPOConfig,
@@ -34,7 +33,10 @@ from espo_ref import (
     grpo_loss,
     gspo_loss,
 )
-from espo_ref.tolerances import FINITE_DIFFERENCE, compare, tolerance
+from espo_ref.tolerances import FINITE_DIFFERENCE, tolerance
+
+from helpers import baselines_oracle as oracle
+from helpers.asserts import assert_close
 
 VALUE = tolerance("numpy", "float64", "value")
 GRAD = tolerance("numpy", "float64", "grad")
@@ -49,11 +51,6 @@ LOSSES = {
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def assert_close(got, want, tol, clause, what, repro=""):
-    report = compare(got, want, tol)
-    assert report["ok"], f"[{clause}] {what}: {report}{repro}"
 
 
 def assert_same_flags(got, want, mask, clause, what):
@@ -168,7 +165,7 @@ EXTREMES = (0.0, 21.0, -21.0, 25.0, -30.0, 12.0, -12.0, 1e-5)
 
 
 @given(data=st.data())
-def test_BASE_GRPO_matches_oracle(data):
+def test_BASE_GRPO_and_BASE_GRPO_DUALCLIP_match_the_oracle(data):
     """[BASE-GRPO] [BASE-GRPO-DUALCLIP] [BASE-RATIO-CLAMP] [BASE-AGG] vs the loop oracle."""
     logp, old, mask, adv = data.draw(batches(extremes=EXTREMES), label="batch")
     config = draw_config(data, "grpo", mask.shape[1])
@@ -611,7 +608,7 @@ def test_BASE_AGG_EMPTY_errors():
 # --- coverage of this spec ---------------------------------------------------------------
 
 
-def test_BASE_clauses_cited_by_code_and_here():
+def test_every_base_clause_is_cited_by_code_and_here():
     """Every ``### [BASE-...]`` clause of specs/baselines.md is cited by espo_ref code and
     named in this file (the project-wide check is tests/test_spec_coverage.py)."""
     import pathlib

@@ -12,8 +12,8 @@ from espo_ref.conformance.arrays import canonical_json, decode, encode, round_to
 from espo_ref.conformance.functions import FUNCTIONS
 from espo_ref.conformance.golden import DATA_DIR, MANIFEST, build_cases, load
 from espo_ref.conformance.runner import read_xfail_file, run_conformance
-from mutants import MUTANTS
-from test_spec_coverage import CLAUSES
+from helpers.mutants import MUTANTS
+from helpers.spec_clauses import CLAUSES
 
 CASES = load()
 
@@ -93,7 +93,7 @@ def test_failure_report_names_clause_errors_and_reproduction():
     assert failed
     r = failed[0]
     assert "ESPO-CLIP" in r.suspects and "eps:" in r.message and "max abs" in r.message
-    assert "--include espo_loss/default/" in r.reproduce and "--impl mutants:" in r.reproduce
+    assert "--include espo_loss/default/" in r.reproduce and "--impl helpers.mutants:" in r.reproduce
     assert r.fields["eps"]["bad"] >= 1
 
 
@@ -123,9 +123,11 @@ def test_cli_pass_and_fail_exit_codes(tmp_path, capsys):
     assert report["spec_version"] == espo_ref.SPEC_VERSION and report["impl"] == "espo_ref:espo_loss"
     assert report["counts"]["pass"] == len(report["cases"]) and report["conformant"] is True
     assert report["cases"][-1]["case_id"] == "property/espo_loss" and report["property_examples"] == 5
-    assert cli_main(["conform", "--impl", "mutants:_advantages_without_bessel", "--function", "grpo_advantages"]) == 1
+    assert cli_main(["conform", "--impl", "helpers.mutants:_advantages_without_bessel",
+                     "--function", "grpo_advantages"]) == 1
     text = capsys.readouterr().out
-    assert "FAIL" in text and "ESPO-ADV" in text and "espo-ref conform --impl mutants:_advantages_without_bessel" in text
+    assert "FAIL" in text and "ESPO-ADV" in text
+    assert "espo-ref conform --impl helpers.mutants:_advantages_without_bessel" in text
     assert "population-std" in text
 
 
@@ -141,7 +143,7 @@ class _LossOnlyAdapter:
         return {"loss": self.inner.run(case)["loss"]}
 
 
-def test_adapter_named_by_module_path(capsys):
+def test_CONF_ADAPTERS_adapter_named_by_module_path_is_loaded(capsys):
     """[CONF-ADAPTERS] --adapter package.module:Class loads an adapter the package does not know; one that
     returns the loss only fails every value case unless the check is narrowed by --fields."""
     args = ["conform", "--impl", "espo_ref:espo_loss", "--adapter", "test_conformance:_LossOnlyAdapter"]

@@ -21,8 +21,8 @@ from espo_ref.conformance.functions import OPTION_DEFAULTS, required_options
 from espo_ref.conformance.golden import DATA_DIR, load
 from espo_ref.conformance.misreadings import MISREADINGS, espo_reading
 from espo_ref.conformance.runner import run_case, run_conformance, select
-from mutants import CORE_MUTANTS, MUTANTS
-from test_spec_coverage import CLAUSES
+from helpers.mutants import CORE_MUTANTS, MUTANTS
+from helpers.spec_clauses import CLAUSES
 
 CASES = load()
 HERE = Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ BAD = {
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_CONF_ERRORS_bad_implementation_exits_nonzero_with_what_happened(name, tmp_path, capsys):
     report = tmp_path / "r.json"
-    code, out = conform("--impl", f"bad_impls:{name}", "--function", "espo_loss", "--include", "handworked/*",
+    code, out = conform("--impl", f"helpers.bad_impls:{name}", "--function", "espo_loss", "--include", "handworked/*",
                         "--report", str(report), capsys=capsys)
     assert code == 1, out.out[-2000:]
     assert BAD[name] in out.out
@@ -63,27 +63,28 @@ def test_CONF_ERRORS_bad_implementation_exits_nonzero_with_what_happened(name, t
 
 
 def test_CONF_ISOLATION_a_hang_is_an_error_within_the_timeout(capsys):
-    code, out = conform("--impl", "bad_impls:hangs", "--function", "espo_loss", "--include", "handworked/HW-004",
-                        "--include", "handworked/HW-006", "--timeout", "1", capsys=capsys)
+    code, out = conform("--impl", "helpers.bad_impls:hangs", "--function", "espo_loss",
+                        "--include", "handworked/HW-004", "--include", "handworked/HW-006", "--timeout", "1",
+                        capsys=capsys)
     assert code == 1
     assert out.out.count("ERROR") == 2 and "no answer within 1 s (--timeout)" in out.out
 
 
 def test_CONF_ISOLATION_implementation_prints_do_not_break_the_protocol(capfd):
-    code, out = conform("--impl", "bad_impls:prints_to_stdout", "--function", "espo_loss", "--include",
+    code, out = conform("--impl", "helpers.bad_impls:prints_to_stdout", "--function", "espo_loss", "--include",
                         "handworked/*", capsys=capfd)
     assert code == 0 and "debug output of the implementation" in out.err
 
 
 def test_CONF_ISOLATION_sys_exit_in_process_is_still_an_error():
-    import bad_impls
+    from helpers import bad_impls
 
     report = run_conformance(bad_impls.exits, function="espo_loss", include=["handworked/HW-004"])
     assert [r.status for r in report.results] == ["error"] and "sys.exit(0)" in report.results[0].message
 
 
 def test_CONF_ERRORS_an_error_case_needs_the_implementation_to_raise_naming_the_argument():
-    import bad_impls
+    from helpers import bad_impls
 
     ids = ["handworked/HW-019", "handworked/HW-020", "handworked/HW-021"]
     unnamed = run_conformance(bad_impls.raises_without_argument_name, function="espo_loss", include=ids)
@@ -97,7 +98,7 @@ def test_CONF_ERRORS_an_error_case_needs_the_implementation_to_raise_naming_the_
 
 
 def test_CONF_ERRORS_an_adapter_bug_is_a_harness_error_not_a_pass():
-    report = run_conformance(espo_ref.espo_loss, function="espo_loss", adapter="bad_impls:AdapterThatCrashes",
+    report = run_conformance(espo_ref.espo_loss, function="espo_loss", adapter="helpers.bad_impls:AdapterThatCrashes",
                              include=["handworked/HW-019", "handworked/HW-004"])
     assert [r.status for r in report.results] == ["error", "error"]
     assert all("adapter or runner failed" in r.message for r in report.results)
@@ -105,7 +106,7 @@ def test_CONF_ERRORS_an_adapter_bug_is_a_harness_error_not_a_pass():
 
 def test_CONF_COMPARE_every_loss_case_compares_loss_and_grad():
     """The numpy backend result without .grad fails every value case, naming grad."""
-    import bad_impls
+    from helpers import bad_impls
 
     report = run_conformance(bad_impls.loss_only, function="espo_loss")
     value_cases = [r for r in report.results if "error" not in next(c for c in CASES if c.case_id == r.case_id).expected]
@@ -170,7 +171,7 @@ def test_CONF_EXIT_checksum_mismatch_is_a_usage_error(tmp_path, capsys, monkeypa
 
 def test_CONF_EXIT_junit_and_report_count_property_results(tmp_path, capsys):
     report, junit = tmp_path / "r.json", tmp_path / "j.xml"
-    code, out = conform("--impl", "mutants:_advantages_without_bessel", "--function", "grpo_advantages",
+    code, out = conform("--impl", "helpers.mutants:_advantages_without_bessel", "--function", "grpo_advantages",
                         "--report", str(report), "--junit", str(junit), capsys=capsys)
     assert code == 1
     suite = ET.parse(junit).getroot()
@@ -353,7 +354,7 @@ def test_CONF_CALL_constants_arrive_attached_so_a_missing_stop_gradient_fails(ca
     """[ESPO-OBJ] old_logp and the advantages are constants: a torch loss must stop their
     gradient itself (old = current on a first update is common)."""
     args = ["--function", "grpo_loss", "--adapter", "torch-loss", "--include", "grpo_loss/default/*"]
-    code, out = conform("--impl", "bad_impls:grpo_with_stop_gradient", *args, capsys=capsys)
+    code, out = conform("--impl", "helpers.bad_impls:grpo_with_stop_gradient", *args, capsys=capsys)
     assert code == 0, out.out[-2000:]
-    code, out = conform("--impl", "bad_impls:grpo_without_stop_gradient", *args, capsys=capsys)
+    code, out = conform("--impl", "helpers.bad_impls:grpo_without_stop_gradient", *args, capsys=capsys)
     assert code == 1 and "grad:" in out.out

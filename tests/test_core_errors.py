@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import espo_ref
 from espo_ref import ESPOConfig, ESPOInputError
-from test_core_oracle import draw_batch, repro
+
+from helpers.core_batches import draw_batch, repro
 
 V = 16
 LOG_V = math.log(V)
@@ -199,13 +200,13 @@ def test_ESPO_CONFIG_numpy_scalars_are_accepted_as_python_numbers():
                           espo_ref.grpo_advantages(r, ids, ddof=0, eps=0.0))
 
 
-def test_entropy_shape_mismatch_names_entropy__ESPO_INPUT():
+def test_ESPO_INPUT_entropy_shape_mismatch_names_entropy():
     with pytest.raises(ESPOInputError) as info:
         loss(entropy=np.zeros((2, 2)))()
     assert "entropy" in str(info.value), f"[ESPO-INPUT] message {str(info.value)!r} does not name 'entropy'"
 
 
-def test_empty_response_may_have_a_nan_advantage__ESPO_INPUT():
+def test_ESPO_INPUT_empty_response_may_have_a_nan_advantage():
     """A [B] advantage of a response without response tokens is at no response position."""
     mask = np.array([[True, True, False], [False, False, False]])
     got = loss(mask=mask, advantages=np.array([1.0, np.nan]))()
@@ -221,7 +222,7 @@ def _fields(result):
 
 
 @given(data=st.data())
-def test_padding_never_leaks__ESPO_INPUT(data):
+def test_ESPO_INPUT_padding_never_leaks(data):
     """NaN, +-inf or garbage at padding gives outputs identical to zero padding."""
     batch = draw_batch(data)
     mask = np.asarray(batch["mask"], dtype=bool)

@@ -1,5 +1,5 @@
 """Fuzz suite (issue 12): random extreme but finite inputs for every public loss and component,
-numpy core against the torch backend (tests/fuzz_properties.py has the strategies and the
+numpy core against the torch backend (tests/helpers/fuzz_properties.py has the strategies and the
 properties; bench/fuzz.py runs the same properties for many more examples).
 
 Properties, each failure naming its clause: no exception other than ESPOInputError
@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_properties import FUNCTIONS, cases, run_case  # noqa: E402
+from helpers.fuzz_properties import FUNCTIONS, cases, run_case  # noqa: E402
 
 # Extreme draws are often ill-conditioned for the comparison (rejected after the robustness
 # checks ran); that filtering is expected, not a health problem.
@@ -34,7 +34,7 @@ def _run(data, function):
 @pytest.mark.parametrize("function", ["espo_loss"])
 @FUZZ
 @given(data=st.data())
-def test_fuzz_espo_loss_ESPO_INPUT_ESPO_OBJ(data, function):
+def test_ESPO_OBJ_and_ESPO_INPUT_fuzz_espo_loss_over_every_option(data, function):
     """[ESPO-INPUT] [ESPO-OBJ] [ESPO-METRICS] espo_loss over every ESPOConfig option."""
     _run(data, function)
 
@@ -42,35 +42,35 @@ def test_fuzz_espo_loss_ESPO_INPUT_ESPO_OBJ(data, function):
 @pytest.mark.parametrize("function", ["grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss"])
 @FUZZ
 @given(data=st.data())
-def test_fuzz_baseline_losses_BASE_INPUT(data, function):
+def test_BASE_INPUT_fuzz_baseline_losses_over_every_config_field(data, function):
     """[BASE-INPUT] [BASE-METRICS] [BASE-AGG] every baseline over every config field."""
     _run(data, function)
 
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_grpo_advantages_ESPO_ADV(data):
+def test_ESPO_ADV_fuzz_grpo_advantages(data):
     """[ESPO-ADV] huge, tiny and offset rewards, valid subsets, ddof, eps."""
     _run(data, "grpo_advantages")
 
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_token_entropy_ESPO_ENT(data):
+def test_ESPO_ENT_fuzz_token_entropy(data):
     """[ESPO-ENT] extreme logits, masked vocabularies, temperatures from 5e-324 to the float max."""
     _run(data, "token_entropy")
 
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_entropy_groups_ESPO_GROUP(data):
+def test_ESPO_GROUP_fuzz_entropy_groups(data):
     """[ESPO-GROUP] group ids equal exactly, every grouping, float32 and float64 entropies."""
     _run(data, "entropy_groups")
 
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_group_clip_eps_ESPO_CLIP(data):
+def test_ESPO_CLIP_fuzz_group_clip_eps(data):
     """[ESPO-CLIP] eps finite or an error naming alpha, equal in both backends."""
     _run(data, "group_clip_eps")
 

@@ -1,6 +1,6 @@
 """The second derivation of the golden vectors: every generated case's expected outputs
 (produced by the numpy reference) agree with the loop-based oracles written from the specs
-(tests/oracle.py for ESPO, tests/test_baselines_oracle.py for the baselines). Hand-worked
+(tests/helpers/oracle.py for ESPO, tests/helpers/baselines_oracle.py for the baselines). Hand-worked
 cases come from the spec text and are checked against the reference in test_handworked.py."""
 
 import math
@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-import test_baselines_oracle as base_oracle
 from espo_ref.conformance.functions import FUNCTIONS
 from espo_ref.conformance.golden import load
 from espo_ref.tolerances import compare, tolerance
-from oracle import (
+
+from helpers import baselines_oracle as base_oracle
+from helpers.oracle import (
     oracle_clamp_entropy,
     oracle_entropy_groups,
     oracle_espo_loss,

@@ -3,7 +3,7 @@
 import pytest
 
 from espo_ref.tolerances import tolerance
-from handworked import RUNNERS, load_cases
+from helpers.handworked import RUNNERS, check_case, load_cases
 
 CASES = load_cases()
 
@@ -20,5 +20,5 @@ def test_handworked_cases_exist():
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.case_id}[{','.join(c.clauses)}]" for c in CASES])
 def test_handworked(case):
-    failures = __import__("handworked").check_case(case, RUNNERS[case.function], tolerance("numpy", "float64", "value"))
+    failures = check_case(case, RUNNERS[case.function], tolerance("numpy", "float64", "value"))
     assert not failures, f"{case.case_id} {case.title} ({case.source}; clauses {case.clauses}):\n  " + "\n  ".join(failures)

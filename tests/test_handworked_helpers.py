@@ -6,7 +6,7 @@ import math
 import pytest
 
 from espo_ref.tolerances import tolerance
-from handworked import RUNNERS, check_case, evaluate, load_cases
+from helpers.handworked import RUNNERS, check_case, evaluate, load_cases
 
 TOL = tolerance("numpy", "float64", "value")
 

@@ -18,6 +18,8 @@ import pytest
 import espo_ref
 from espo_ref.tolerances import compare, tolerance
 
+from helpers.asserts import assert_close
+
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED_TRL = "1.16.0"
 INSTALL = 'pip install "espo-ref[trl]"'
@@ -193,9 +195,8 @@ def reference(logp, old_logp, entropy, mask, advantages, config):
     return res.loss.detach(), lp.grad, core, res.metrics
 
 
-def assert_close(got, want, kind, what):
-    report = compare(np.asarray(got), np.asarray(want), tolerance("torch", "float32", kind))
-    assert report["ok"], f"[ESPO-OBJ] {what}: {report}"
+F32_VALUE = tolerance("torch", "float32", "value")  # the trainer's loss is float32 (tiny float32 models)
+F32_GRAD = tolerance("torch", "float32", "grad")
 
 
 # --- (1) the trainer's loss and gradient are ESPO's -------------------------------------------------------
@@ -219,7 +220,7 @@ def off_policy(tmp_path_factory):
 
 @needs_trl
 @pytest.mark.parametrize("seed", SEEDS)
-def test_trainer_loss_and_gradient_equal_espo_loss(off_policy, seed, monkeypatch):
+def test_ESPO_OBJ_trl_trainer_loss_and_gradient_equal_espo_loss(off_policy, seed, monkeypatch):
     """[ESPO-OBJ] [ESPO-ENT-DOMAIN] On a TRL batch (its completion_mask, per-completion advantages, log-probs and
     entropies from _get_per_token_logps_and_entropies), the trainer's loss and d loss / d logp equal
     espo_ref.torch.espo_loss and the float64 core, for several configs."""
@@ -240,10 +241,12 @@ def test_trainer_loss_and_gradient_equal_espo_loss(off_policy, seed, monkeypatch
             trainer.espo_config = trainer.args.espo_config(trainer.espo_config.vocab_size).replace(**options)
             loss, grad, logp, _ = trainer_loss(trainer, batch, monkeypatch)
             want_loss, want_grad, core, metrics = reference(logp, old_logps, old_ent, mask, adv, trainer.espo_config)
-            assert_close(loss, want_loss, "value", f"{name}, seed {seed}: loss vs espo_ref.torch")
-            assert_close(grad, want_grad, "grad", f"{name}, seed {seed}: d loss / d logp vs espo_ref.torch")
-            assert_close(loss, core.loss, "value", f"{name}, seed {seed}: loss vs the float64 core")
-            assert_close(grad, core.grad, "grad", f"{name}, seed {seed}: d loss / d logp vs the float64 core")
+            assert_close(loss, want_loss, F32_VALUE, "ESPO-OBJ", f"{name}, seed {seed}: loss vs espo_ref.torch")
+            assert_close(grad, want_grad, F32_GRAD, "ESPO-OBJ",
+                         f"{name}, seed {seed}: d loss / d logp vs espo_ref.torch")
+            assert_close(loss, core.loss, F32_VALUE, "ESPO-OBJ", f"{name}, seed {seed}: loss vs the float64 core")
+            assert_close(grad, core.grad, F32_GRAD, "ESPO-OBJ",
+                         f"{name}, seed {seed}: d loss / d logp vs the float64 core")
             assert trainer._metrics["train"]["espo/clipfrac"][-1] == pytest.approx(metrics["clipfrac"], abs=1e-6)
             clipped = max(clipped, metrics["clipfrac"])
         assert 0.0 < clipped < 1.0, "the perturbation should clip some tokens and not all"
@@ -264,19 +267,20 @@ def test_on_policy_loss_uses_the_current_entropies_detached(tmp_path, monkeypatc
     want_loss, want_grad, core, metrics = reference(logp, logp, ent, batch["completion_mask"], batch["advantages"],
                                                     trainer.espo_config)
     assert metrics["ratio_mean"] == 1.0 and metrics["clipfrac"] == 0.0
-    assert_close(loss, want_loss, "value", "on-policy loss")
-    assert_close(grad, want_grad, "grad", "on-policy d loss / d logp")
-    assert_close(grad, core.grad, "grad", "on-policy d loss / d logp vs the float64 core")
+    assert_close(loss, want_loss, F32_VALUE, "ESPO-OBJ", "on-policy loss")
+    assert_close(grad, want_grad, F32_GRAD, "ESPO-OBJ", "on-policy d loss / d logp")
+    assert_close(grad, core.grad, F32_GRAD, "ESPO-OBJ", "on-policy d loss / d logp vs the float64 core")
     loss, grad, _, _ = trainer_loss(trainer, batch, monkeypatch, accumulation=4)
-    assert_close(loss, want_loss / 4, "value", "on-policy loss, 1 of 4 accumulated micro-batches")
-    assert_close(grad, want_grad / 4, "grad", "on-policy d loss / d logp, 1 of 4 accumulated micro-batches")
+    assert_close(loss, want_loss / 4, F32_VALUE, "ESPO-OBJ", "on-policy loss, 1 of 4 accumulated micro-batches")
+    assert_close(grad, want_grad / 4, F32_GRAD, "ESPO-OBJ",
+                 "on-policy d loss / d logp, 1 of 4 accumulated micro-batches")
 
 
 # --- (2) the entropy of the loss is the old policy's, at the sampling temperature -------------------------
 
 
 @needs_trl
-def test_loss_uses_the_old_policys_entropy(off_policy, monkeypatch):
+def test_ESPO_ENT_DOMAIN_trl_loss_uses_the_old_policys_entropy(off_policy, monkeypatch):
     """[ESPO-ENT-DOMAIN] The entropies stored at generation are Eq. 6 of the sampling policy at the sampling
     temperature (checked against the float64 core on the model's logits), and the loss after a weight change
     uses them, not the current policy's."""
@@ -305,8 +309,8 @@ def test_loss_uses_the_old_policys_entropy(off_policy, monkeypatch):
         with_old, grad_old, _, _ = reference(logp, old_logp, stored, mask, batch["advantages"], trainer.espo_config)
         with_current, grad_current, _, _ = reference(logp, old_logp, current, mask, batch["advantages"],
                                                      trainer.espo_config)
-        assert_close(loss, with_old, "value", "loss with the stored (old) entropies")
-        assert_close(grad, grad_old, "grad", "gradient with the stored (old) entropies")
+        assert_close(loss, with_old, F32_VALUE, "ESPO-ENT-DOMAIN", "loss with the stored (old) entropies")
+        assert_close(grad, grad_old, F32_GRAD, "ESPO-ENT-DOMAIN", "gradient with the stored (old) entropies")
         assert not compare(np.asarray(grad), np.asarray(grad_current), tolerance("torch", "float32", "grad"))["ok"], \
             "the current entropies give another gradient, so this test tells the two apart"
     finally:

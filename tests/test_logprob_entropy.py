@@ -19,17 +19,20 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-import espo_ref
-from espo_ref.errors import ESPOInputError
-from espo_ref.tolerances import compare, tolerance
-from espo_ref.torch import logprob_entropy as le
-from espo_ref.torch.logprob_entropy import token_logprobs_and_entropy, token_logprobs_and_entropy_from_logits
+torch = pytest.importorskip("torch")
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+import espo_ref  # noqa: E402
+from espo_ref.errors import ESPOInputError  # noqa: E402
+from espo_ref.torch import logprob_entropy as le  # noqa: E402
+from espo_ref.torch.logprob_entropy import token_logprobs_and_entropy, token_logprobs_and_entropy_from_logits  # noqa: E402,E501
+
+from helpers.asserts import assert_close, on_host  # noqa: E402
 
 CLAUSE = "[ESPO-ENT]"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,20 +67,15 @@ def naive_f64(hidden, weight, bias, targets, temperature):
 
 
 def check(got, want, backend, dtype, kind, what, repro):
-    """Assert |got - want| <= atol + rtol |want| (grads relative to max|want|), naming the clause."""
-    got = np.asarray(got.detach().cpu().double() if isinstance(got, torch.Tensor) else got, dtype=np.float64)
-    want = np.asarray(want.detach().cpu().double() if isinstance(want, torch.Tensor) else want, dtype=np.float64)
+    """assert_close on the table's row (backend, dtype, kind); gradients relative to max|want|, as
+    the table's logprob rows say."""
+    got, want = on_host(got).astype(np.float64), on_host(want).astype(np.float64)
     if kind == "grad":
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         if scale > 0:
             got, want = got / scale, want / scale
-    tol = tolerance(backend, dtype, kind)
-    rep = compare(got, want, tol)
-    assert rep["ok"], (
-        f"{CLAUSE} {what} ({backend}, {dtype}, {kind}): {rep['bad']} of {rep['n']} bad, "
-        f"max |abs diff| {rep['max_abs']:.3g}, max |rel diff| {rep['max_rel']:.3g}, "
-        f"first {rep.get('first_bad', rep.get('reason'))}; tol rtol={tol.rtol} atol={tol.atol}\n  repro: {repro}"
-    )
+    assert_close(got, want, (backend, dtype, kind), "ESPO-ENT", f"{what} ({backend}, {dtype}, {kind})",
+                 f"\n  repro: {repro}")
 
 
 def make_inputs(n, h, v, dtype, kind, scale, with_bias, seed, device=DEVICE):

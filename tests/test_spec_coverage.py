@@ -9,33 +9,17 @@ code or the cases cite must exist.
 import re
 from pathlib import Path
 
-from handworked import load_cases
+from helpers.handworked import load_cases
+from helpers.spec_clauses import CLAUSES
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADING = re.compile(r"^### \[([A-Z][A-Z0-9\-]+)\] (.+)$", re.M)
 CITATION = re.compile(r"\[([A-Z]{2,}(?:-[A-Z0-9]+)+)\]")
-
-
-def clauses() -> dict[str, str]:
-    """Clause id -> the text of its section."""
-    out = {}
-    for path in sorted((ROOT / "specs").glob("*.md")):
-        text = path.read_text()
-        heads = list(HEADING.finditer(text))
-        for i, m in enumerate(heads):
-            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-            nxt = re.search(r"^#{1,3} ", text[m.end():end], re.M)
-            body = text[m.end(): m.end() + nxt.start()] if nxt else text[m.end():end]
-            assert m.group(1) not in out, f"clause {m.group(1)} is defined twice"
-            out[m.group(1)] = body
-    return out
 
 
 def _text(folder: str, exclude=()) -> str:
     return "\n".join(p.read_text() for p in sorted((ROOT / folder).rglob("*.py")) if p.name not in exclude)
 
 
-CLAUSES = clauses()
 CODE = _text("espo_ref")
 TESTS = _text("tests", exclude={"test_spec_coverage.py"})
 
@@ -224,7 +208,7 @@ def _asserting_tests() -> dict[str, str]:
 ASSERTING = _asserting_tests()
 
 
-def tests_named_for(clause: str) -> list[str]:
+def _tests_named_for(clause: str) -> list[str]:
     """Tests named ``test_<ID>_...`` (``-`` as ``_``), possibly after other ids (``_and_<ID>``); a
     longer id (ESPO_GROUP_TOPFRAC) does not count for its prefix (ESPO_GROUP)."""
     token = re.compile(rf"(?:^test_|_)({re.escape(clause.replace('-', '_'))})(?=$|_[a-z0-9])")
@@ -233,5 +217,5 @@ def tests_named_for(clause: str) -> list[str]:
 
 @pytest.mark.parametrize("clause", sorted(CLAUSES))
 def test_every_clause_has_a_test_named_for_it_that_asserts(clause):
-    assert tests_named_for(clause), (
+    assert _tests_named_for(clause), (
         f"no test function named test_{clause.replace('-', '_')}_... (with an assert) under tests/")

@@ -34,8 +34,10 @@ from espo_ref import (  # noqa: E402
     GRPOConfig,
     GSPOConfig,
 )
-from espo_ref.tolerances import compare, tolerance  # noqa: E402
-from masks import random_mask  # noqa: E402
+from espo_ref.tolerances import tolerance  # noqa: E402
+
+from helpers.asserts import assert_close, assert_equal  # noqa: E402
+from helpers.masks import random_mask  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -168,19 +170,6 @@ def repro(batch) -> str:
             f"\n  advantages={np.asarray(batch['advantages']).tolist()}")
 
 
-def assert_close(got, want, tol, clause, name, batch=None):
-    report = compare(got, want, tol)
-    assert report["ok"], f"[{clause}] {name}: {report}{repro(batch) if batch else ''}"
-
-
-def assert_equal(got, want, clause, name):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and (got == want).all(), (
-        f"[{clause}] {name}: {int((got != want).sum()) if got.shape == want.shape else 'shape'} of "
-        f"{want.size} differ, first at "
-        f"{np.argwhere(got != want)[0].tolist() if got.shape == want.shape else got.shape}")
-
-
 # ------------------------------------------------------------------ conditioning
 
 
@@ -259,17 +248,17 @@ def check_result(batch, got, grad, want):
     assert_equal(host(got.trained), want.trained, "BASE-INPUT", "trained")
     for name in FLAGS[method]:
         assert_equal(host(got.extras[name]), want.extras[name], "BASE-RATIO-CLAMP", name)
-    assert_close(host(got.loss), want.loss, value, clause, "loss", batch)
+    assert_close(host(got.loss), want.loss, value, clause, "loss", repro(batch))
     for name, sub in (("ratio", clause), ("log_ratio", "BASE-RATIO-CLAMP"), ("weight", "BASE-AGG")):
-        assert_close(host(getattr(got, name)), getattr(want, name), value, sub, name, batch)
+        assert_close(host(getattr(got, name)), getattr(want, name), value, sub, name, repro(batch))
     for name in EXTRA_VALUES[method]:
-        assert_close(host(got.extras[name]), want.extras[name], value, clause, name, batch)
-    assert_close(host(got.grad), want.grad, gtol, clause, "grad (analytic field)", batch)
-    assert_close(host(grad), want.grad, gtol, clause, "grad (autograd)", batch)
+        assert_close(host(got.extras[name]), want.extras[name], value, clause, name, repro(batch))
+    assert_close(host(got.grad), want.grad, gtol, clause, "grad (analytic field)", repro(batch))
+    assert_close(host(grad), want.grad, gtol, clause, "grad (autograd)", repro(batch))
     assert list(got.metrics) == list(want.metrics), "[BASE-METRICS] keys or their order differ"
     for key, w in want.metrics.items():
         assert isinstance(got.metrics[key], float), key
-        assert_close(got.metrics[key], w, value, "BASE-METRICS", key, batch)
+        assert_close(got.metrics[key], w, value, "BASE-METRICS", key, repro(batch))
 
 
 # ------------------------------------------------------------------ value and gradient
@@ -279,7 +268,7 @@ def check_result(batch, got, grad, want):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-def test_loss_matches_numpy_BASE_GRPO_DAPO_GSPO_GMPO_CISPO(data, method, dtype, device):
+def test_torch_baseline_loss_matches_numpy(data, method, dtype, device):
     """[BASE-GRPO] [BASE-GRPO-DUALCLIP] [BASE-DAPO] [BASE-GSPO] [BASE-GSPO-SEQ] [BASE-GMPO]
     [BASE-CISPO] [BASE-RATIO-CLAMP] [BASE-AGG] [BASE-AGG-EMPTY] [BASE-METRICS]: loss, every
     per-token field, the metrics, the analytic ``grad`` and autograd's gradient equal the
@@ -294,7 +283,7 @@ def test_loss_matches_numpy_BASE_GRPO_DAPO_GSPO_GMPO_CISPO(data, method, dtype, 
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_gspo_sequence_level_matches_numpy_BASE_GSPO_SEQ(data, device):
+def test_BASE_GSPO_SEQ_torch_sequence_level_matches_numpy(data, device):
     """[BASE-GSPO-SEQ] level="sequence": autograd through the plain s_i gives the response
     mean of the token-form gradient, on every token of the response (float64)."""
     batch = data.draw(batches("gspo", "float64", level="sequence"), label="batch")
@@ -306,7 +295,7 @@ def test_gspo_sequence_level_matches_numpy_BASE_GSPO_SEQ(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_gspo_token_and_sequence_agree_with_per_response_advantage_BASE_IDENTITIES(data, device):
+def test_BASE_IDENTITIES_torch_gspo_token_and_sequence_agree_with_per_response_advantage(data, device):
     """[BASE-IDENTITIES] [BASE-GSPO-SEQ] with a per-response advantage the two GSPO forms have
     the same value and the same autograd gradient."""
     batch = data.draw(batches("gspo", "float64", level="token", per_token_adv=False), label="batch")
@@ -319,7 +308,7 @@ def test_gspo_token_and_sequence_agree_with_per_response_advantage_BASE_IDENTITI
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-def test_stopped_tokens_and_padding_get_zero_gradient_BASE_RATIO_CLAMP(data, method, device):
+def test_BASE_RATIO_CLAMP_torch_stopped_tokens_and_padding_get_zero_gradient(data, method, device):
     """[BASE-RATIO-CLAMP] [BASE-GRPO] [BASE-GRPO-DUALCLIP] [BASE-GSPO] [BASE-GMPO] [BASE-CISPO]
     [BASE-INPUT]: autograd gives exactly 0 (never NaN) at padding (which holds NaN), at
     clipped, dual-clipped and clamped tokens (GSPO-token: of a clipped or clamped response;
@@ -370,7 +359,8 @@ TIES = [  # (method, config, log-ratio of the tied token, its advantage)
     "grpo-r_eq_dual_clip", "dapo-r_eq_1+eps_high", "dapo-r_eq_1-eps_low", "grpo-r_eq_2", "grpo-log_r_eq_clamp",
     "cispo-log_r_eq_-clamp", "gspo-log_s_eq_clamp", "gspo_seq-log_s_eq_clamp", "gmpo-log_r_eq_eps_high",
     "gmpo-log_r_eq_-eps_low"])
-def test_token_on_a_bound_takes_the_unclipped_gradient_BASE_GRPO(method, config, log_r, a, dtype, device):
+def test_BASE_GRPO_and_BASE_GRPO_DUALCLIP_torch_token_on_a_bound_takes_the_unclipped_gradient(
+        method, config, log_r, a, dtype, device):
     """[BASE-GRPO] [BASE-GRPO-DUALCLIP] [BASE-RATIO-CLAMP] [BASE-GSPO] [BASE-GMPO] a token
     exactly on a clip, dual-clip or clamp bound is not clipped: autograd gives the unclipped
     branch's (non-zero) gradient, as the core does (torch.minimum/clamp would split or
@@ -394,7 +384,7 @@ def test_token_on_a_bound_takes_the_unclipped_gradient_BASE_GRPO(method, config,
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-def test_validate_false_changes_nothing_on_valid_input_BASE_INPUT(data, method, device):
+def test_BASE_INPUT_torch_validate_false_changes_nothing_on_valid_input(data, method, device):
     """[BASE-INPUT] validate=False skips the checks (no host sync in the loss) and gives the
     same loss, gradients and metrics on valid input."""
     batch = data.draw(batches(method, "float64"), label="batch")
@@ -406,7 +396,7 @@ def test_validate_false_changes_nothing_on_valid_input_BASE_INPUT(data, method, 
 
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-def test_deterministic_on_cpu_BASE_AGG(data, method):
+def test_torch_baselines_are_bit_identical_on_repeat_cpu(data, method):
     """[BASE-AGG] the same inputs give bit-identical loss, gradient and fields on CPU."""
     dtype = data.draw(st.sampled_from(("float64", "float32")), label="dtype")
     batch = data.draw(batches(method, dtype), label="batch")
@@ -417,7 +407,7 @@ def test_deterministic_on_cpu_BASE_AGG(data, method):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
-def test_bfloat16_gradient_dtype_and_device_BASE_INPUT():
+def test_CONF_CALL_torch_baselines_compute_bfloat16_in_float32_and_return_a_bfloat16_gradient():
     """[BASE-INPUT] bfloat16 logp is computed in float32; autograd returns a bfloat16
     gradient; the per-token fields are detached float32 tensors."""
     logp = torch.full((2, 3), -1.0, dtype=torch.bfloat16, requires_grad=True)
@@ -437,7 +427,7 @@ def test_bfloat16_gradient_dtype_and_device_BASE_INPUT():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 @given(data=st.data())
-def test_agg_loss_and_weights_match_numpy_BASE_AGG(data, dtype, device):
+def test_BASE_AGG_torch_agg_loss_and_weights_match_numpy(data, dtype, device):
     """[BASE-AGG] [BASE-AGG-EMPTY] agg_loss (value and d / d per_token = the weights) and
     agg_weights equal the core's in every mode, with empty rows and NaN padding."""
     B = data.draw(st.integers(1, 6), label="B")
@@ -467,7 +457,7 @@ def test_agg_loss_and_weights_match_numpy_BASE_AGG(data, dtype, device):
                      "BASE-AGG", f"agg_weights({mode})")
 
 
-def test_agg_weights_hand_worked_empty_row_BASE_AGG_EMPTY():
+def test_BASE_AGG_EMPTY_torch_agg_weights_hand_worked_empty_row():
     """[BASE-AGG-EMPTY] HW-B11..B15: the empty response counts in no mode."""
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
     per_token = torch.tensor([[1.0, 2, 3, np.nan], [4, np.nan, 0, 0], [np.nan] * 4], dtype=torch.float64)
@@ -521,7 +511,7 @@ def _messages(numpy_call, torch_call):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bad, what", BAD_INPUTS, ids=[w for _, w in BAD_INPUTS])
-def test_errors_same_message_as_numpy_BASE_INPUT(bad, what, method, dtype):
+def test_BASE_INPUT_torch_errors_same_message_as_numpy(bad, what, method, dtype):
     """[BASE-INPUT] [BASE-AGG-EMPTY] each bad input raises ESPOInputError with the core's
     exact message (numpy receives the same values, float32 cast where the case is float32)."""
     args = dict(zip(("logp", "old_logp", "mask", "advantages"), GOOD))
@@ -543,7 +533,7 @@ def test_errors_same_message_as_numpy_BASE_INPUT(bad, what, method, dtype):
     ("gspo", GMPOConfig(), 0.0, 1.0),
     ("grpo", GRPOConfig(loss_agg_mode="seq-mean-token-sum-norm", max_len=1), 0.0, 1.0),
 ], ids=lambda c: f"{c[0]}-{type(c[1]).__name__}-{c[2]}")
-def test_overflow_config_and_max_len_errors_same_message_BASE_INPUT(case):
+def test_BASE_INPUT_and_BASE_CONFIG_torch_overflow_config_and_max_len_errors_same_message(case):
     """[BASE-INPUT] [BASE-RATIO-CLAMP] [BASE-CONFIG] [BASE-AGG] overflow without a clamp (says
     to set the clamp), a config of another method and a too short max_len: the core's
     message, in float64."""
@@ -561,7 +551,7 @@ def test_overflow_config_and_max_len_errors_same_message_BASE_INPUT(case):
     assert np.isfinite(float(r.loss))
 
 
-def test_float32_overflow_names_the_dtype_BASE_INPUT():
+def test_BASE_RATIO_CLAMP_torch_float32_overflow_names_the_dtype():
     """[BASE-INPUT] a ratio that overflows float32 (log-ratio above ~88.7, allowed in float64)
     is the same error, naming float32 and saying to set the clamp."""
     logp = torch.tensor([[100.0]], dtype=torch.float32)
@@ -584,7 +574,7 @@ def test_float32_overflow_names_the_dtype_BASE_INPUT():
     ({"mode": "token-mean"}, np.array([["a", "b"]]), np.ones((1, 2), dtype=bool)),
 ], ids=["unknown-mode", "max_len-other-mode", "max_len-short", "max_len-0", "max_len-float", "empty",
         "nan", "1-D", "mask-shape", "mask-value", "strings"])
-def test_agg_errors_same_message_as_numpy_BASE_AGG(kwargs, per_token, mask):
+def test_BASE_AGG_torch_agg_errors_same_message_as_numpy(kwargs, per_token, mask):
     """[BASE-AGG] [BASE-AGG-EMPTY] agg_loss refuses what the core refuses, with its message."""
     got, want = _messages(lambda: core.agg_loss(per_token, mask, **kwargs),
                           lambda: et.agg_loss(_as_torch(per_token, torch.float64), _as_torch(mask, None), **kwargs))
@@ -593,7 +583,7 @@ def test_agg_errors_same_message_as_numpy_BASE_AGG(kwargs, per_token, mask):
 
 @pytest.mark.parametrize("mask", [np.ones(3, dtype=bool), np.zeros((2, 2), dtype=bool), np.array([[1, 2]])],
                          ids=["1-D", "empty", "value"])
-def test_agg_weights_errors_same_message_as_numpy_BASE_AGG(mask):
+def test_BASE_AGG_torch_agg_weights_errors_same_message_as_numpy(mask):
     """[BASE-AGG] [BASE-AGG-EMPTY] agg_weights: 1-D masks, empty masks, non-0/1 values."""
     got, want = _messages(lambda: core.agg_weights(mask, "token-mean"),
                           lambda: et.agg_weights(torch.from_numpy(mask), "token-mean"))
@@ -607,7 +597,7 @@ def test_agg_weights_errors_same_message_as_numpy_BASE_AGG(mask):
                                   "agg_weights", "row_sum", "row_mean", "to_tokens", "clamp_log_ratio",
                                   "token_log_ratio", "baseline_metrics", "ppo_clip_token_loss",
                                   "gmpo_clipped_log_ratio", "exp_ratio"])
-def test_torch_mirrors_numpy_signature_BASE_CONFIG(name):
+def test_BASE_CONFIG_torch_mirrors_numpy_signature(name):
     """[BASE-CONFIG] name for name and argument for argument: the torch function takes the
     core's positional arguments in the core's order (plus keyword-only extras), and the
     same config classes."""

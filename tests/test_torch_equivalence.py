@@ -10,7 +10,6 @@ is a cancelling sum, are ill-conditioned for a lower precision and are rejected 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -21,112 +20,23 @@ from hypothesis import strategies as st  # noqa: E402
 
 import espo_ref as core  # noqa: E402
 import espo_ref.torch as et  # noqa: E402
-from espo_ref.tolerances import compare, tolerance  # noqa: E402
-from masks import random_mask  # noqa: E402
+from espo_ref.tolerances import tolerance  # noqa: E402
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))]
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-GROUPINGS = ("top_fraction", "batch_top_fraction", "entropy_ranges", "none", "token")
-SPLIT_GROUPINGS = ("top_fraction", "batch_top_fraction", "entropy_ranges")
-TOP_FRACTIONS = (0.2, 0.1, 0.28, 0.5, 1.0, 1 / 3, 0.30000000000000004, 0.01)
-EDGE_SETS = ((0.5,), (0.25, 0.75), (0.1, 0.5, 0.9), (0.3, 0.31))
-VOCABS = (2, 16, 151936)
-FIXED_EPS = ((3e-4, 4e-4), (0.2, 0.28), (0.0, 0.0))
+from helpers.asserts import assert_close, assert_equal  # noqa: E402
+from helpers.torch_batches import (  # noqa: E402
+    DEVICES,
+    DTYPES,
+    GROUPINGS,
+    batches,
+    host,
+    run_numpy,
+    run_torch,
+    to_torch,
+)
+
 # Decision margins: how far (relative) a ratio must sit from a clip boundary, and a log
 # value from the clamp, for the example to be well conditioned in the dtype.
 MARGIN = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-4}
-
-
-# ------------------------------------------------------------------ strategies
-
-
-@st.composite
-def configs(draw, grouping=None, **fixed):
-    """An ESPOConfig over every option of [ESPO-CONFIG]."""
-    grouping = grouping or draw(st.sampled_from(GROUPINGS), label="grouping")
-    kw = dict(vocab_size=draw(st.sampled_from(VOCABS), label="vocab_size"), grouping=grouping,
-              alpha=draw(st.sampled_from((0.02, 0.1, 0.0, 1.0)), label="alpha"),
-              top_fraction=draw(st.sampled_from(TOP_FRACTIONS), label="top_fraction"),
-              ratio_form=draw(st.sampled_from(("gspo_token", "literal")), label="ratio_form"),
-              eps_reading=draw(st.sampled_from(("group_mean", "token_over_groups")), label="eps_reading"),
-              clip=draw(st.sampled_from(("adaptive", "fixed")), label="clip"),
-              log_ratio_clamp=draw(st.sampled_from((10.0, 1.0, None)), label="log_ratio_clamp"))
-    if kw["clip"] == "fixed":
-        kw["eps_low"], kw["eps_high"] = draw(st.sampled_from(FIXED_EPS), label="fixed_eps")
-    if grouping == "entropy_ranges":
-        kw["entropy_edges"] = draw(st.sampled_from(EDGE_SETS), label="entropy_edges")
-    if grouping in SPLIT_GROUPINGS:
-        kw["drop_low_group"] = draw(st.booleans(), label="drop_low_group")
-    kw.update(fixed)
-    return core.ESPOConfig(**kw)
-
-
-@st.composite
-def batches(draw, dtype="float64", grouping=None, per_token_adv=None, **fixed):
-    """A padded batch: shapes with empty and length-1 rows, entropy ties (0.0 and -0.0 among
-    them), edge values, large and small log-ratios, clamped groups, NaN padding."""
-    config = draw(configs(grouping, **fixed), label="config")
-    B = draw(st.integers(1, 6), label="B")
-    T = draw(st.integers(1, 14), label="T")
-    seed = draw(st.integers(0, 2**32 - 1), label="seed")
-    rng = np.random.default_rng(seed)
-    mask = random_mask(draw, rng, B, T)
-    log_v = config.log_vocab
-    entropy_kind = draw(st.sampled_from(("ties", "continuous", "edges")), label="entropy_kind")
-    if entropy_kind == "ties":
-        pool = np.array([0.0, -0.0, 0.5 * log_v, 0.25 * log_v, log_v, -5e-5, log_v + 5e-5])
-        entropy = rng.choice(pool, (B, T))
-    elif entropy_kind == "edges":
-        cuts = np.array(list(config.entropy_edges) + [0.5, 0.2]) * log_v
-        entropy = rng.choice(np.concatenate([cuts, np.nextafter(cuts, 0), np.nextafter(cuts, 99)]), (B, T))
-    else:
-        entropy = rng.uniform(0.0, log_v, (B, T))
-    scale = draw(st.sampled_from((1e-4, 1e-2, 0.3, 3.0, 30.0)), label="log_ratio_scale")
-    if config.log_ratio_clamp is None and dtype != "float64":
-        scale = min(scale, 3.0)  # keep exp() of float32 finite without a clamp
-    logp = rng.uniform(-8.0, 0.0, (B, T))
-    old_logp = logp - rng.normal(0.0, scale, (B, T)) - rng.normal(0.0, scale, (B, 1))
-    if per_token_adv is None:
-        per_token_adv = draw(st.booleans(), label="per_token_adv")
-    shape = (B, T) if per_token_adv else (B,)
-    adv = rng.choice(np.array([-1.5, -0.3, 0.0, 0.7, 2.0, rng.normal()]), shape)
-    torch_dtype = DTYPES[dtype]
-    # the values the torch side will see, given to both sides
-    logp = torch.tensor(logp).to(torch_dtype).double().numpy()
-    old_logp = torch.tensor(old_logp).to(torch_dtype).double().numpy()
-    if dtype == "bfloat16":  # entropy stays float32 (a bfloat16 entropy could leave its range)
-        entropy = entropy.astype(np.float32).astype(np.float64)
-    elif dtype == "float32":
-        entropy = entropy.astype(np.float32).astype(np.float64)
-    for arr in (logp, old_logp, entropy):
-        arr[~mask] = np.nan
-    return dict(logp=logp, old_logp=old_logp, entropy=entropy, mask=mask, advantages=adv,
-                config=config, dtype=dtype)
-
-
-def to_torch(batch, device, requires_grad=True):
-    dtype = DTYPES[batch["dtype"]]
-    ent_dtype = torch.float64 if batch["dtype"] == "float64" else torch.float32
-    logp = torch.tensor(batch["logp"], dtype=dtype, device=device, requires_grad=requires_grad)
-    return dict(logp=logp,
-                old_logp=torch.tensor(batch["old_logp"], dtype=dtype, device=device),
-                entropy=torch.tensor(batch["entropy"], dtype=ent_dtype, device=device),
-                mask=torch.tensor(batch["mask"], device=device),
-                advantages=torch.tensor(batch["advantages"], dtype=dtype, device=device))
-
-
-def run_numpy(batch):
-    return core.espo_loss(batch["logp"], batch["old_logp"], batch["entropy"], batch["mask"],
-                          batch["advantages"], batch["config"])
-
-
-def run_torch(batch, device, validate=True):
-    args = to_torch(batch, device)
-    result = et.espo_loss(args["logp"], args["old_logp"], args["entropy"], args["mask"],
-                          args["advantages"], batch["config"], validate=validate)
-    result.loss.backward()
-    return result, args["logp"].grad
 
 
 def well_conditioned(batch, want) -> bool:
@@ -151,22 +61,6 @@ def well_conditioned(batch, want) -> bool:
     terms = np.abs(want.weight * np.where(want.trained, r, 0.0)
                    * np.broadcast_to(np.asarray(batch["advantages"]).reshape(len(r), -1), r.shape))
     return abs(want.loss) * 100 >= terms.sum() or terms.sum() < 1e-3
-
-
-def host(x):
-    return x.detach().cpu().to(torch.float64).numpy() if x.dtype.is_floating_point else x.detach().cpu().numpy()
-
-
-def assert_close(got, want, tol, clause, name):
-    report = compare(got, want, tol)
-    assert report["ok"], f"[{clause}] {name}: {report}"
-
-
-def assert_equal(got, want, clause, name):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and (got == want).all(), (
-        f"[{clause}] {name}: {int((got != want).sum())} of {want.size} differ, first at "
-        f"{np.argwhere(got != want)[0].tolist() if got.shape == want.shape else got.shape}")
 
 
 def check_result(got, grad, want, dtype):
@@ -195,7 +89,7 @@ def check_result(got, grad, want, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 @given(data=st.data())
-def test_espo_loss_matches_numpy_ESPO_OBJ(data, dtype, device):
+def test_ESPO_OBJ_torch_espo_loss_matches_numpy(data, dtype, device):
     """[ESPO-OBJ] [ESPO-AGG] [ESPO-CLIPMASK] value, per-token fields, metrics and the
     autograd gradient of torch espo_loss equal the numpy core's, every option drawn."""
     batch = data.draw(batches(dtype), label="batch")
@@ -210,7 +104,7 @@ def test_espo_loss_matches_numpy_ESPO_OBJ(data, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grouping", GROUPINGS)
 @given(data=st.data())
-def test_espo_loss_every_grouping_ESPO_GROUP(data, grouping, device):
+def test_ESPO_GROUP_torch_espo_loss_matches_numpy_under_every_grouping(data, grouping, device):
     """[ESPO-GROUP-TOPFRAC] [ESPO-GROUP-BATCH] [ESPO-GROUP-RANGES] [ESPO-GROUP-NONE]
     [ESPO-GROUP-TOKEN]: each grouping, float64, equal to the core."""
     batch = data.draw(batches("float64", grouping=grouping), label="batch")
@@ -221,7 +115,7 @@ def test_espo_loss_every_grouping_ESPO_GROUP(data, grouping, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_validate_false_is_the_same_ESPO_INPUT(data, device):
+def test_ESPO_INPUT_torch_validate_false_is_the_same(data, device):
     """[ESPO-INPUT] validate=False skips the checks and changes nothing on valid input."""
     batch = data.draw(batches("float64"), label="batch")
     a, ga = run_torch(batch, device, validate=True)
@@ -231,7 +125,7 @@ def test_espo_loss_validate_false_is_the_same_ESPO_INPUT(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_float32_agrees_with_float64_ESPO_OBJ(data, device):
+def test_ESPO_OBJ_torch_float32_agrees_with_float64(data, device):
     """[ESPO-OBJ] the float32 and float64 torch paths agree within the float32 row."""
     batch = data.draw(batches("float32"), label="batch")
     assume(well_conditioned(batch, run_numpy(batch)))
@@ -251,7 +145,7 @@ def _np_groups(batch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_entropy_groups_matches_numpy_ESPO_GROUP(data, device):
+def test_ESPO_GROUP_and_ESPO_GROUP_TOPFRAC_torch_entropy_groups_match_numpy_ties_included(data, device):
     """[ESPO-GROUP] [ESPO-GROUP-TOPFRAC] group ids equal the core's exactly, ties included
     (equal entropies rank the earlier position first; -0.0 ties 0.0), in float32 and float64."""
     dtype = data.draw(st.sampled_from(("float64", "float32")), label="dtype")
@@ -267,7 +161,7 @@ def test_entropy_groups_matches_numpy_ESPO_GROUP(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_group_clip_eps_and_clip_bounds_match_numpy_ESPO_CLIP(data, device):
+def test_ESPO_CLIP_torch_group_clip_eps_and_clip_bounds_match_numpy(data, device):
     """[ESPO-CLIP] [ESPO-CLIP-TOKEN] [ESPO-CLIP-FIXED] per-token epsilons equal the core's."""
     batch = data.draw(batches("float64"), label="batch")
     groups = _np_groups(batch)
@@ -283,7 +177,7 @@ def test_group_clip_eps_and_clip_bounds_match_numpy_ESPO_CLIP(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_group_log_ratio_matches_numpy_ESPO_RATIO(data, device):
+def test_ESPO_RATIO_torch_group_log_ratio_matches_numpy(data, device):
     """[ESPO-RATIO] Eq. 10: log s_tau per token equals the core's; differentiable (its
     gradient is 1/|tau| on each token of the group, no stop-gradient here)."""
     batch = data.draw(batches("float64"), label="batch")
@@ -300,7 +194,7 @@ def test_group_log_ratio_matches_numpy_ESPO_RATIO(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_token_ratio_clipped_surrogate_aggregation_weights_match_numpy_ESPO_RATIO_TOKEN(data, device):
+def test_ESPO_RATIO_TOKEN_and_ESPO_RATIO_LITERAL_torch_token_ratio_surrogate_and_weights_match_numpy(data, device):
     """[ESPO-RATIO-TOKEN] [ESPO-RATIO-LITERAL] [ESPO-RATIO-CLAMP] [ESPO-CLIPMASK] [ESPO-AGG]
     the remaining building blocks, fed the same intermediate values as the core."""
     batch = data.draw(batches("float64", per_token_adv=True), label="batch")
@@ -329,7 +223,7 @@ def test_token_ratio_clipped_surrogate_aggregation_weights_match_numpy_ESPO_RATI
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_token_entropy_matches_numpy_ESPO_ENT(data, device):
+def test_ESPO_ENT_torch_token_entropy_matches_numpy(data, device):
     """[ESPO-ENT] Eq. 6 over the last axis, -inf entries and temperatures included."""
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     shape = data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="shape")
@@ -348,7 +242,7 @@ def test_token_entropy_matches_numpy_ESPO_ENT(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_grpo_advantages_matches_numpy_ESPO_ADV(data, device):
+def test_ESPO_ADV_torch_grpo_advantages_match_numpy(data, device):
     """[ESPO-ADV] Eq. 11 per prompt: valid subsets, singletons, ddof, eps = 0, string ids."""
     B = data.draw(st.integers(1, 12), label="B")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
@@ -370,7 +264,7 @@ def test_grpo_advantages_matches_numpy_ESPO_ADV(data, device):
 
 
 @given(data=st.data())
-def test_high_group_size_matches_numpy_exactly_ESPO_GROUP_TOPFRAC(data):
+def test_ESPO_GROUP_TOPFRAC_torch_high_group_size_matches_numpy_exactly(data):
     """[ESPO-GROUP-TOPFRAC] n_high = clamp(ceil(rho L), 1, L) on rho's decimal value, in
     integer tensor arithmetic: the direct path, the long-division path (L * num would
     overflow int64) and the host fallback (denominator >= 2**58) all equal the core."""
@@ -387,7 +281,7 @@ def test_high_group_size_matches_numpy_exactly_ESPO_GROUP_TOPFRAC(data):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_select_top_breaks_ties_by_position_ESPO_GROUP_TOPFRAC(device):
+def test_ESPO_GROUP_TOPFRAC_torch_select_top_breaks_ties_by_position(device):
     """[ESPO-GROUP-TOPFRAC] a hand-made tie: 0.0, -0.0 and equal maxima rank by position."""
     cfg = core.ESPOConfig(vocab_size=16, top_fraction=0.5)
     ent = np.array([[0.0, -0.0, 0.0, -0.0, 1.0, 1.0],

@@ -93,7 +93,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", sorted(LOSS_CASES))
-def test_espo_loss_error_messages_equal_numpy_ESPO_INPUT(case, device):
+def test_ESPO_INPUT_torch_espo_loss_error_messages_equal_numpy(case, device):
     """[ESPO-INPUT] espo_loss: same error type and message as the core for each bad input."""
     a = LOSS_CASES[case]
     got, want = _messages(
@@ -103,7 +103,7 @@ def test_espo_loss_error_messages_equal_numpy_ESPO_INPUT(case, device):
     assert got == want
 
 
-def test_espo_loss_config_and_overflow_errors_equal_numpy_ESPO_INPUT():
+def test_ESPO_INPUT_and_ESPO_RATIO_CLAMP_torch_config_and_overflow_errors_equal_numpy():
     """[ESPO-INPUT] [ESPO-RATIO-CLAMP] a non-config, and a float64 ratio that overflows
     without a clamp, give the core's messages."""
     a = good()
@@ -122,7 +122,7 @@ def test_espo_loss_config_and_overflow_errors_equal_numpy_ESPO_INPUT():
     assert got == want and "overflows float64" in got
 
 
-def test_espo_loss_float32_overflow_names_float32_ESPO_RATIO_CLAMP():
+def test_ESPO_RATIO_CLAMP_torch_float32_overflow_names_float32():
     """[ESPO-RATIO-CLAMP] without a clamp, a float32 ratio overflows near exp(88.7) where the
     float64 core would not: the backend raises the core's message naming float32."""
     a = with_(old_logp=lambda x: x - 100.0)
@@ -132,7 +132,7 @@ def test_espo_loss_float32_overflow_names_float32_ESPO_RATIO_CLAMP():
                      CFG.replace(log_ratio_clamp=None))
 
 
-def test_component_error_messages_equal_numpy_ESPO_INPUT():
+def test_ESPO_INPUT_torch_component_error_messages_equal_numpy():
     """[ESPO-INPUT] [ESPO-GROUP] [ESPO-CLIP] [ESPO-RATIO] [ESPO-ENT] [ESPO-ADV]
     [ESPO-GROUP-TOPFRAC] the building blocks' checks, message for message."""
     a = good()

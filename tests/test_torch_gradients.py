@@ -17,21 +17,18 @@ from hypothesis import strategies as st  # noqa: E402
 
 import espo_ref as core  # noqa: E402
 import espo_ref.torch as et  # noqa: E402
-from espo_ref.tolerances import compare, tolerance  # noqa: E402
-from test_torch_equivalence import DEVICES, batches, host, run_numpy, run_torch, to_torch  # noqa: E402
+from espo_ref.tolerances import tolerance  # noqa: E402
+
+from helpers.asserts import assert_close  # noqa: E402
+from helpers.torch_batches import DEVICES, batches, host, run_numpy, run_torch, to_torch  # noqa: E402
 
 GRAD = tolerance("torch", "float64", "grad")
 VALUE = tolerance("torch", "float64", "value")
 
 
-def assert_close(got, want, tol, clause, name):
-    report = compare(got, want, tol)
-    assert report["ok"], f"[{clause}] {name}: {report}"
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_clipped_and_padding_tokens_get_zero_gradient_ESPO_CLIPMASK(data, device):
+def test_ESPO_CLIPMASK_torch_clipped_clamped_and_padding_tokens_get_zero_gradient(data, device):
     """[ESPO-CLIPMASK] [ESPO-RATIO-CLAMP] [ESPO-INPUT] clipped, clamped, untrained and
     padding tokens (which hold NaN) get exactly 0 gradient, never NaN."""
     batch = data.draw(batches("float64"), label="batch")
@@ -62,7 +59,7 @@ def _weights_by_loops(groups, trained, mask):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_gradient_at_old_policy_is_policy_gradient_weight_ESPO_AGG(data, device):
+def test_ESPO_AGG_torch_gradient_at_the_old_policy_is_the_policy_gradient_weight(data, device):
     """[ESPO-AGG] [ESPO-OBJ] at logp == old_logp every ratio is 1 (inside every clip range),
     so d loss / d logp_t = -A_t / (N K_i |tau|) on trained tokens and 0 elsewhere."""
     batch = data.draw(batches("float64"), label="batch")
@@ -79,7 +76,7 @@ def test_espo_loss_gradient_at_old_policy_is_policy_gradient_weight_ESPO_AGG(dat
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_token_form_equals_group_sequence_form_ESPO_RATIO_TOKEN(data, device):
+def test_ESPO_RATIO_TOKEN_torch_token_form_equals_the_group_sequence_form(data, device):
     """[ESPO-RATIO-TOKEN] with one advantage per response, the GSPO-token form (Eq. 9) and the
     group-sequence form (mean over groups of min(s_tau A, clip(s_tau) A), s_tau with its
     real gradient) give the same gradient. The clip range must be one per group too:
@@ -112,7 +109,7 @@ def test_espo_loss_token_form_equals_group_sequence_form_ESPO_RATIO_TOKEN(data, 
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_scales_with_advantages_ESPO_OBJ(data, device):
+def test_ESPO_OBJ_torch_loss_scales_with_advantages(data, device):
     """[ESPO-OBJ] scaling the advantages by c > 0 scales the loss and the gradient by c
     (clip decisions depend on the sign of A only)."""
     batch = data.draw(batches("float64"), label="batch")
@@ -125,7 +122,7 @@ def test_espo_loss_scales_with_advantages_ESPO_OBJ(data, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
-def test_espo_loss_permuting_responses_permutes_outputs_ESPO_AGG(data, device):
+def test_ESPO_AGG_torch_permuting_responses_permutes_outputs(data, device):
     """[ESPO-AGG] [ESPO-GROUP-TOPFRAC] a permutation of the responses permutes every per-token
     output and leaves the loss unchanged. batch_top_fraction is left out: its ties are broken
     by the flat position, which a permutation of the rows changes ([ESPO-GROUP-BATCH])."""
@@ -145,7 +142,7 @@ def test_espo_loss_permuting_responses_permutes_outputs_ESPO_AGG(data, device):
 
 
 @given(data=st.data())
-def test_espo_loss_is_bit_identical_on_repeat_cpu_ESPO_OBJ(data):
+def test_torch_espo_loss_is_bit_identical_on_repeat_cpu(data):
     """[ESPO-OBJ] deterministic on CPU: the same inputs give bit-identical loss, gradient,
     per-token fields and metrics."""
     dtype = data.draw(st.sampled_from(("float64", "float32")), label="dtype")
@@ -159,7 +156,7 @@ def test_espo_loss_is_bit_identical_on_repeat_cpu_ESPO_OBJ(data):
         x == y or (np.isnan(x) and np.isnan(y)) for x, y in zip(a.metrics.values(), b.metrics.values()))
 
 
-def test_espo_loss_bfloat16_gradient_is_bfloat16_ESPO_OBJ():
+def test_CONF_CALL_torch_espo_loss_computes_bfloat16_in_float32_and_returns_a_bfloat16_gradient():
     """[ESPO-OBJ] bfloat16 logp is computed in float32 inside; autograd returns a bfloat16
     gradient, the fields are float32."""
     cfg = core.ESPOConfig(vocab_size=16)
@@ -172,7 +169,7 @@ def test_espo_loss_bfloat16_gradient_is_bfloat16_ESPO_OBJ():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_espo_loss_validate_false_syncs_only_for_metrics_cuda_ESPO_METRICS():
+def test_ESPO_METRICS_torch_validate_false_syncs_only_for_metrics_cuda():
     """[ESPO-METRICS] [ESPO-OBJ] on CUDA with validate=False, forward and backward make at most
     one host sync: the single transfer of the metrics."""
     import warnings

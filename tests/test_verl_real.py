@@ -37,7 +37,7 @@ def _peer_rows() -> set[str]:
     return set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M))
 
 
-def test_shipped_xfail_file_cites_peer_rows_and_real_cases():
+def test_CONF_PEERS_shipped_xfail_file_cites_peer_rows_and_real_cases():
     """Every line of the shipped verl file names a [BASE-PEERS] row that exists and a case that exists."""
     rows, ids = _peer_rows(), {c.case_id for c in load()}
     entries = read_xfail_file(shipped_xfail_files()["verl-0.9.1"])
@@ -75,7 +75,7 @@ def verl_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("function", [c[1] for c in COMMANDS])
-def test_verl_conforms_with_the_shipped_xfail_file(verl_runs, function):
+def test_CONF_PEERS_verl_conforms_with_the_shipped_xfail_file(verl_runs, function):
     proc, report = verl_runs[(function, True)]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert report["conformant"] and report["impl_version"] == "0.9.1"
@@ -92,7 +92,7 @@ def test_ESPO_OBJ_the_verl_plugin_loss_conforms_on_every_case(verl_runs):
 
 
 @pytest.mark.parametrize("function", [c[1] for c in COMMANDS])
-def test_verl_without_the_xfail_file_fails_naming_the_peer_rows(verl_runs, function):
+def test_CONF_PEERS_verl_without_the_xfail_file_fails_naming_the_peer_rows(verl_runs, function):
     proc, report = verl_runs[(function, False)]
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     failed = [c for c in report["cases"] if c["status"] in ("fail", "error")]

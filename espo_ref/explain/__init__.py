@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._argtypes import read_json_object
 from .._io import write_atomic_bytes
 from ..config import ESPOConfig
 from ..errors import ESPOInputError
@@ -128,11 +129,9 @@ def load_batch(path) -> Batch:
         from ..conformance.arrays import decode
 
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BatchError(f"{source}: not a readable JSON file ({exc})") from None
-        if not isinstance(obj, dict):
-            raise BatchError(f"{source}: expected a JSON object")
+            obj = read_json_object(path)
+        except ValueError as exc:
+            raise BatchError(f"{source}: {exc}") from None
         flat = dict(obj)
         for name, value in (obj.get("inputs") or {}).items():
             flat[f"inputs.{name}"] = decode(value) if isinstance(value, dict) else np.asarray(value)

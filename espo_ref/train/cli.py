@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from .._argtypes import boolean, read_json_object
+
 # What ``espo-ref demo`` costs, measured (see the README's Train section).
 DEMO_TIME = ("about 3 min on a 2-core CPU (measured 2 min 52 s on an AMD EPYC, torch 2.13 CPU, November "
              "2026; up to about 5 min on slower machines)")
@@ -34,14 +36,6 @@ def _json_object(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"max_operand\": 5}}', "
                                          f"got {type(value).__name__} {text!r}")
     return value
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 # (flag, TrainConfig field, type, help); every default is None so that an explicit flag is
@@ -64,10 +58,10 @@ TRAIN_OPTIONS = [
     ("--clip", "clip", str, "ESPO: adaptive or fixed"),
     ("--eps-low", "eps_low", float, "lower clip offset (ESPO with --clip fixed, and the baselines)"),
     ("--eps-high", "eps_high", float, "upper clip offset (ESPO with --clip fixed, and the baselines)"),
-    ("--drop-low-group", "drop_low_group", _bool, "ESPO: train only the high-entropy group (true/false)"),
+    ("--drop-low-group", "drop_low_group", boolean, "ESPO: train only the high-entropy group (true/false)"),
     ("--log-ratio-clamp", "log_ratio_clamp", _none_or_float, "clamp of the log-ratio, or none"),
     ("--loss-agg-mode", "loss_agg_mode", str, "baselines: the loss aggregation mode"),
-    ("--score-truncated", "score_truncated", _bool, "score responses cut at max-new-tokens (default false)"),
+    ("--score-truncated", "score_truncated", boolean, "score responses cut at max-new-tokens (default false)"),
     ("--steps", "steps", int, "RL steps (default 100)"),
     ("--samples-every", "samples_every", int, "ESPO: sampled rollouts and a batch for espo-ref explain every N "
                                               "steps, first and last included (default 10; 0: none)"),
@@ -159,11 +153,9 @@ def _train_body(args: argparse.Namespace) -> int:
     saved = Path(args.out) / "config.json"
     if args.resume and saved.exists():
         try:
-            base = json.loads(saved.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrainInputError(f"--resume: {saved}: not readable as JSON ({e})") from e
-        if not isinstance(base, dict):
-            raise TrainInputError(f"--resume: {saved}: expected a JSON object, got {type(base).__name__}")
+            base = read_json_object(saved)
+        except ValueError as e:
+            raise TrainInputError(f"--resume: {saved}: {e}") from e
         try:
             check_known_fields(TrainConfig, base, str(saved))
         except ValueError as e:

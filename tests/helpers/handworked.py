@@ -6,7 +6,6 @@ this module maps each case's ``function`` to a runner and checks the outcome.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +18,8 @@ from espo_ref.conformance.handworked import (  # noqa: F401
     load_cases,
     token_arrays,
 )
+
+from .asserts import is_close
 
 # --- running a case --------------------------------------------------------------------
 
@@ -125,12 +126,8 @@ def check_case(case: Case, runner: Callable, tol) -> list[str]:
     outcome, info = runner(case)
     failures = []
 
-    def close(got, want) -> bool:
-        if isinstance(want, float) and math.isnan(want):
-            return math.isnan(got)
-        if isinstance(want, float) and math.isinf(want):
-            return got == want
-        return abs(got - want) <= tol.atol + tol.rtol * abs(want)
+    def close(got, want) -> bool:  # NaN only against NaN, an infinity only against itself
+        return is_close(got, want, tol)
 
     for name, _, expr in case.expects:
         want = evaluate(expr)

@@ -33,7 +33,8 @@ import espo_ref as core
 import espo_ref.torch as et
 from espo_ref.errors import ESPOInputError
 from espo_ref.tolerances import compare, tolerance
-from masks import random_mask
+from .asserts import assert_close, assert_equal
+from .masks import random_mask
 
 F64_MAX = float(np.finfo(np.float64).max)
 F32_MAX = float(np.finfo(np.float32).max)
@@ -352,17 +353,6 @@ def _same_decision(record, want_err, got_err, clause, near_boundary):
         reject(record, "an overflow decision within rounding of its boundary")
     raise AssertionError(f"[{clause}] {record.function} ({record.dtype}): numpy says {want_err!s:.200} | "
                          f"torch says {got_err!s:.200}")
-
-
-def assert_close(got, want, tol, clause, name):
-    report = compare(host(got), host(want), tol)
-    assert report["ok"], f"[{clause}] {name}: {report}"
-
-
-def assert_equal(got, want, clause, name):
-    got, want = host(got), host(want)
-    assert got.shape == want.shape and np.array_equal(got, want), (
-        f"[{clause}] {name}: torch {got.tolist()} != numpy {want.tolist()}")
 
 
 # ------------------------------------------------------------------ losses

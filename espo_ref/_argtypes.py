@@ -1,0 +1,27 @@
+"""Argument types the command lines share (argparse ``type=``), and reading a JSON object file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def boolean(text: str) -> bool:
+    """true/false, yes/no, 1/0 (any case)."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def read_json_object(path) -> dict:
+    """The JSON object in a file; ValueError (saying why, without the path) otherwise."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"not readable as JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
