@@ -31,9 +31,15 @@ CPU the growth of the resident set (the peak RSS, VmHWM = ``ru_maxrss``, reset t
                                   [--repeats R] [--out DIR] [--before TREE]
 
 ``--before TREE`` also times ``espo`` and ``gspo`` of another checkout of the project (e.g. a
-``git worktree`` of the commit before a refactor), loaded as the package ``espo_ref_before``,
-interleaved with this one in the same run: ``espo_before`` / ``gspo_before`` columns and the
-ratios ``espo_after_over_before`` / ``gspo_after_over_before``.
+``git worktree`` of the commit before a refactor), loaded as the package ``espo_ref_before``.
+Each version runs in fresh processes of its own, in ``ISOLATED_ROUNDS`` rounds of one process
+per version back to back (the order alternating between rounds), ``repeats`` calls each, and
+each process reports its fastest call (contention only ever adds time); the ratio
+``espo_after_over_before_time`` / ``gspo_after_over_before_time`` is the median over the
+rounds of the ratio within a round, so that the slow drift of a shared machine's speed (tens
+of percent between minutes here) cancels. (Interleaving both versions in one process
+biases the comparison by several percent: each leaves the allocator in a state the other
+then pays for.)
 
 Results go to bench/results/loss_overhead_<device>.{json,md} (atomic writes), and also to
 DIR when given.
@@ -126,13 +132,56 @@ def methods():
     if hasattr(et, "grpo_loss"):
         out["grpo"] = lambda lp, o, e, m, a: et.grpo_loss(lp, o, m, a, validate=False).loss
     out["ppo_floor"] = ppo_floor
-    before = os.environ.get("ESPO_BENCH_BEFORE")
-    if before:
-        old = load_before(before)
-        old_cfg = old.ESPOConfig(vocab_size=VOCAB)
-        out["espo_before"] = lambda lp, o, e, m, a: old.torch.espo_loss(lp, o, e, m, a, old_cfg, validate=False).loss
-        out["gspo_before"] = lambda lp, o, e, m, a: old.torch.gspo_loss(lp, o, m, a, validate=False).loss
     return out, gspo_kind
+
+
+ISOLATED_ROUNDS = 5
+
+
+def version_methods(tree: str | None) -> dict:
+    """``espo`` and ``gspo`` of this checkout (tree None) or of the checkout at ``tree``."""
+    pkg = espo_ref if tree is None else load_before(tree)
+    cfg = pkg.ESPOConfig(vocab_size=VOCAB)
+    return {"espo": lambda lp, o, e, m, a: pkg.torch.espo_loss(lp, o, e, m, a, cfg, validate=False).loss,
+            "gspo": lambda lp, o, e, m, a: pkg.torch.gspo_loss(lp, o, m, a, validate=False).loss}
+
+
+def time_in_child(tree: str | None, B: int, T: int, repeats: int) -> dict:
+    """Run in a fresh process: the fastest fwd+bwd seconds of each of ``version_methods(tree)``."""
+    fns = version_methods(tree)
+    inputs = make_inputs(B, T, "cpu")
+    out = {}
+    for name, fn in fns.items():
+        step(fn, inputs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(fn, inputs)
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times)
+    return out
+
+
+def isolated_before_after(tree: str, B: int, T: int, repeats: int) -> dict:
+    """Medians over ISOLATED_ROUNDS alternating child processes of each version."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    runs = {"now": [], "before": []}
+    for round_ in range(ISOLATED_ROUNDS):
+        pair = (("before", repr(tree)), ("now", "None"))
+        for label, arg in (pair if round_ % 2 == 0 else pair[::-1]):
+            code = (f"import sys, json, torch; torch.set_num_threads({torch.get_num_threads()}); "
+                    f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import loss_overhead as b; "
+                    f"print(json.dumps(b.time_in_child({arg}, {B}, {T}, {repeats})))")
+            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    row = {}
+    for name in ("espo", "gspo"):
+        ratios = [now[name] / before[name] for now, before in zip(runs["now"], runs["before"])]
+        row.update({f"{name}_isolated_s": statistics.median(r[name] for r in runs["now"]),
+                    f"{name}_before_isolated_s": statistics.median(r[name] for r in runs["before"]),
+                    f"{name}_after_over_before_rounds": ratios,
+                    f"{name}_after_over_before_time": statistics.median(ratios)})
+    return row
 
 
 def step(fn, inputs):
@@ -215,9 +264,9 @@ def measure(B, T, device, repeats):
     if "gspo_form_s" in row:
         row["espo_over_gspo_form_time"] = row["espo_s"] / row["gspo_form_s"]
     row["within_target"] = row["espo_over_gspo_time"] <= TARGET[device]
-    for name in ("espo", "gspo"):
-        if f"{name}_before_s" in row:
-            row[f"{name}_after_over_before_time"] = row[f"{name}_s"] / row[f"{name}_before_s"]
+    before = os.environ.get("ESPO_BENCH_BEFORE")
+    if before and device == "cpu":
+        row.update(isolated_before_after(before, B, T, repeats))
     return row
 
 
@@ -237,6 +286,23 @@ def format_table(rows, names) -> str:
                      + ("" if "espo_after_over_before_time" not in r else
                         f" {r['espo_after_over_before_time']:>15.3f} {r['gspo_after_over_before_time']:>15.3f}"))
     return "\n".join(lines)
+
+
+def before_lines(payload: dict) -> str:
+    """The markdown of the --before comparison (empty without one)."""
+    if not payload.get("before"):
+        return ""
+    lines = [f"\nNow against {payload['before']['commit']} (`--before`), each version in its own processes, "
+             f"{ISOLATED_ROUNDS} alternating rounds, the fastest call of each process; the ratio is the median "
+             "of the within-round ratios:\n"]
+    for r in payload["rows"]:
+        for name in ("espo", "gspo"):
+            if f"{name}_after_over_before_time" in r:
+                rounds = ", ".join(f"{x:.3f}" for x in r[f"{name}_after_over_before_rounds"])
+                lines.append(f"- {r['B']} x {r['T']} {name}: {1e3 * r[f'{name}_isolated_s']:.2f} ms now, "
+                             f"{1e3 * r[f'{name}_before_isolated_s']:.2f} ms before; ratio "
+                             f"{r[f'{name}_after_over_before_time']:.3f} (rounds {rounds})\n")
+    return "".join(lines)
 
 
 def main(argv=None) -> int:
@@ -299,7 +365,7 @@ def main(argv=None) -> int:
     md = (f"# loss_overhead ({device})\n\n{head}\n\n- gspo peer: {payload['gspo_peer']}\n"
           f"- target: espo/gspo time <= {TARGET[device]}\n"
           + (f"- note: {args.note}\n" if args.note else "")
-          + "".join(f"- {s}\n" for s in skipped) + f"\n```\n{table}\n```\n")
+          + "".join(f"- {s}\n" for s in skipped) + f"\n```\n{table}\n```\n" + before_lines(payload))
     folders = [ROOT / "bench" / "results"] + ([Path(args.out)] if args.out else [])
     for folder in folders:
         write_atomic(folder / f"loss_overhead_{device}.json", text)

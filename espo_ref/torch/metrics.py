@@ -102,7 +102,7 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
     counts, sums = _clip_tensors(mask, ratio, trained, kl, clipped_high, clipped_low, clamped)
     count = torch.count_nonzero
     counts.update({"clip_in_high": count(clipped & high), "high": count(high), "clip_in_low": count(clipped & low),
-                   "low": count(low), "trained": count(trained), "k_sum": (k * rows).sum()})
+                   "low": count(low), "k_sum": (k * rows).sum()})
     sums.update({"eps_high": _total(eps_high, high), "eps_low": _total(eps_high, low),
                  "entropy": _total(entropy, mask), "entropy_high": _total(entropy, high),
                  "entropy_low": _total(entropy, low)})
@@ -115,7 +115,7 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
         "eps_mean_low_group": mean(s["eps_low"], n["low"], eps_high, low),
         "high_group_tokens": float(n["high"]),
         "low_group_tokens": float(n["low"]),
-        "trained_tokens": float(n["trained"]),
+        "trained_tokens": float(n["ratio_over"]),  # the ratio's mean is over the trained tokens
         "groups_mean": n["k_sum"] / n["responses"] if n["responses"] else float("nan"),
         "entropy_mean": mean(s["entropy"], n["tokens"], entropy, mask),
         "entropy_mean_high_group": mean(s["entropy_high"], n["high"], entropy, high),
