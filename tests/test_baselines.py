@@ -37,6 +37,7 @@ from espo_ref.tolerances import FINITE_DIFFERENCE, tolerance
 
 from helpers import baselines_oracle as oracle
 from helpers.asserts import assert_close
+from helpers.baseline_inputs import BAD_INPUTS, GOOD, bad_arguments
 
 VALUE = tolerance("numpy", "float64", "value")
 GRAD = tolerance("numpy", "float64", "grad")
@@ -164,44 +165,24 @@ def check_against_oracle(method, clause, logp, old, mask, adv, config):
 EXTREMES = (0.0, 21.0, -21.0, 25.0, -30.0, 12.0, -12.0, 1e-5)
 
 
+ORACLE_ROWS = [  # (method, the clause a failure names, log-ratios drawn besides -2.5..2.5)
+    ("grpo", "BASE-GRPO", EXTREMES),  # [BASE-GRPO-DUALCLIP] [BASE-RATIO-CLAMP] [BASE-AGG]: every option
+    ("dapo", "BASE-DAPO", EXTREMES),  # clip-higher and token-mean (and the other modes)
+    ("gspo", "BASE-GSPO", EXTREMES),  # [BASE-GSPO-SEQ] both levels, clamp above
+    ("gmpo", "BASE-GMPO", (0.0, 0.4, -0.4, 5.0, -5.0)),  # sign-aware log-space clip, A = 0 tokens
+    ("cispo", "BASE-CISPO", EXTREMES),  # capped stop-gradient weight times A times logp
+]
+
+
+@pytest.mark.parametrize("method, clause, extremes", ORACLE_ROWS, ids=[row[1] for row in ORACLE_ROWS])
 @given(data=st.data())
-def test_BASE_GRPO_and_BASE_GRPO_DUALCLIP_match_the_oracle(data):
-    """[BASE-GRPO] [BASE-GRPO-DUALCLIP] [BASE-RATIO-CLAMP] [BASE-AGG] vs the loop oracle."""
-    logp, old, mask, adv = data.draw(batches(extremes=EXTREMES), label="batch")
-    config = draw_config(data, "grpo", mask.shape[1])
-    check_against_oracle("grpo", "BASE-GRPO", logp, old, mask, adv, config)
-
-
-@given(data=st.data())
-def test_BASE_DAPO_matches_oracle(data):
-    """[BASE-DAPO] clip-higher and token-mean (and the other modes) vs the loop oracle."""
-    logp, old, mask, adv = data.draw(batches(extremes=EXTREMES), label="batch")
-    config = draw_config(data, "dapo", mask.shape[1])
-    check_against_oracle("dapo", "BASE-DAPO", logp, old, mask, adv, config)
-
-
-@given(data=st.data())
-def test_BASE_GSPO_and_BASE_GSPO_SEQ_match_oracle(data):
-    """[BASE-GSPO] [BASE-GSPO-SEQ] both levels, clamp above, vs the loop oracle."""
-    logp, old, mask, adv = data.draw(batches(extremes=EXTREMES), label="batch")
-    config = draw_config(data, "gspo", mask.shape[1])
-    check_against_oracle("gspo", "BASE-GSPO", logp, old, mask, adv, config)
-
-
-@given(data=st.data())
-def test_BASE_GMPO_matches_oracle(data):
-    """[BASE-GMPO] sign-aware log-space clip, A = 0 tokens, per-token advantages."""
-    logp, old, mask, adv = data.draw(batches(extremes=(0.0, 0.4, -0.4, 5.0, -5.0)), label="batch")
-    config = draw_config(data, "gmpo", mask.shape[1])
-    check_against_oracle("gmpo", "BASE-GMPO", logp, old, mask, adv, config)
-
-
-@given(data=st.data())
-def test_BASE_CISPO_matches_oracle(data):
-    """[BASE-CISPO] capped stop-gradient weight times A times logp."""
-    logp, old, mask, adv = data.draw(batches(extremes=EXTREMES), label="batch")
-    config = draw_config(data, "cispo", mask.shape[1])
-    check_against_oracle("cispo", "BASE-CISPO", logp, old, mask, adv, config)
+def test_BASE_GRPO_and_BASE_GRPO_DUALCLIP_and_BASE_DAPO_and_BASE_GSPO_and_BASE_GSPO_SEQ_and_BASE_GMPO_and_BASE_CISPO_match_the_oracle(  # noqa: E501
+        data, method, clause, extremes):
+    """Each baseline on a drawn batch and config (every option, every aggregation mode) vs the
+    loop oracle; the test id is the clause."""
+    logp, old, mask, adv = data.draw(batches(extremes=extremes), label="batch")
+    config = draw_config(data, method, mask.shape[1])
+    check_against_oracle(method, clause, logp, old, mask, adv, config)
 
 
 @given(data=st.data())
@@ -494,28 +475,12 @@ def test_BASE_METRICS_common_keys(method):
 
 # --- errors [BASE-INPUT] [BASE-CONFIG] ---------------------------------------------------
 
-GOOD = (np.array([[-1.0, -2.0]]), np.array([[-1.0, -1.5]]), np.array([[True, True]]), np.array([1.0]))
-
 
 @pytest.mark.parametrize("method", sorted(LOSSES))
-@pytest.mark.parametrize("bad, word", [
-    ({"logp": np.array([-1.0, -2.0])}, "logp"),
-    ({"logp": np.array([["a", "b"]])}, "logp"),
-    ({"old_logp": np.array([[-1.0, -1.5, 0.0]])}, "old_logp"),
-    ({"mask": np.array([[1, 2]])}, "mask"),
-    ({"mask": np.array([[True]])}, "mask"),
-    ({"mask": np.array([[False, False]])}, "no response token"),
-    ({"logp": np.array([[np.nan, -2.0]])}, "logp"),
-    ({"old_logp": np.array([[-1.0, np.inf]])}, "old_logp"),
-    ({"advantages": np.array([np.nan])}, "advantages"),
-    ({"advantages": np.array([1.0, 2.0])}, "advantages"),
-    ({"advantages": np.array([[1.0, np.nan]])}, "advantages"),
-    ({"advantages": np.ones((1, 2, 1))}, "advantages"),
-])
-def test_BASE_INPUT_errors(method, bad, word):
+@pytest.mark.parametrize("bad, word, what", BAD_INPUTS, ids=[row[2] for row in BAD_INPUTS])
+def test_BASE_INPUT_errors(method, bad, word, what):
     """[BASE-INPUT] each bad input raises ESPOInputError naming the argument."""
-    args = dict(zip(("logp", "old_logp", "mask", "advantages"), GOOD))
-    args.update(bad)
+    args = bad_arguments(bad)
     with pytest.raises(ESPOInputError, match=word):
         LOSSES[method][0](args["logp"], args["old_logp"], args["mask"], args["advantages"])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -171,16 +172,16 @@ def check_grad_matches_finite_differences_of_its_stop_gradient_semantics(ratio_f
     )
 
 
+@pytest.mark.parametrize("ratio_form", [
+    "gspo_token",  # sg[s_tau] pi(y_t) / sg[pi(y_t)]
+    "literal",  # sg[s_tau] pi(y_t) / sg[pi_old(y_t)], value and derivative s_tau r_t
+], ids=["ESPO-RATIO-TOKEN", "ESPO-RATIO-LITERAL"])
 @given(data=st.data())
-def test_ESPO_RATIO_TOKEN_grad_matches_finite_differences_of_its_stop_gradient_semantics(data):
-    """ratio_form="gspo_token": sg[s_tau] pi(y_t) / sg[pi(y_t)]."""
-    check_grad_matches_finite_differences_of_its_stop_gradient_semantics("gspo_token", data)
-
-
-@given(data=st.data())
-def test_ESPO_RATIO_LITERAL_grad_matches_finite_differences_of_its_stop_gradient_semantics(data):
-    """ratio_form="literal": sg[s_tau] pi(y_t) / sg[pi_old(y_t)], value and derivative s_tau r_t."""
-    check_grad_matches_finite_differences_of_its_stop_gradient_semantics("literal", data)
+def test_ESPO_RATIO_TOKEN_and_ESPO_RATIO_LITERAL_grad_matches_finite_differences_of_its_stop_gradient_semantics(
+        ratio_form, data):
+    """Each ratio form (the test id is its clause) against central differences of its own
+    stop-gradient surrogate."""
+    check_grad_matches_finite_differences_of_its_stop_gradient_semantics(ratio_form, data)
 
 
 # ------------------------------------------------------------------ (b) analytic group form

@@ -162,29 +162,12 @@ def check_entropy_groups_match_the_oracle(grouping, data):
     assert_equal(got, want, clause, "entropy_groups", repro(entropy=entropy, mask=np.asarray(mask), config=config))
 
 
+@pytest.mark.parametrize("grouping", [g for g, _ in GROUPINGS], ids=[c.replace("_", "-") for _, c in GROUPINGS])
 @given(data=st.data())
-def test_ESPO_GROUP_TOPFRAC_entropy_groups_match_the_oracle(data):
-    check_entropy_groups_match_the_oracle("top_fraction", data)
-
-
-@given(data=st.data())
-def test_ESPO_GROUP_BATCH_entropy_groups_match_the_oracle(data):
-    check_entropy_groups_match_the_oracle("batch_top_fraction", data)
-
-
-@given(data=st.data())
-def test_ESPO_GROUP_RANGES_entropy_groups_match_the_oracle(data):
-    check_entropy_groups_match_the_oracle("entropy_ranges", data)
-
-
-@given(data=st.data())
-def test_ESPO_GROUP_NONE_entropy_groups_match_the_oracle(data):
-    check_entropy_groups_match_the_oracle("none", data)
-
-
-@given(data=st.data())
-def test_ESPO_GROUP_TOKEN_entropy_groups_match_the_oracle(data):
-    check_entropy_groups_match_the_oracle("token", data)
+def test_ESPO_GROUP_TOPFRAC_and_ESPO_GROUP_BATCH_and_ESPO_GROUP_RANGES_and_ESPO_GROUP_NONE_and_ESPO_GROUP_TOKEN_entropy_groups_match_the_oracle(  # noqa: E501
+        grouping, data):
+    """Each grouping (the test id is its clause) against the oracle."""
+    check_entropy_groups_match_the_oracle(grouping, data)
 
 
 # ------------------------------------------------------------------ [ESPO-CLIP*]
@@ -204,16 +187,14 @@ def check_group_clip_eps_matches_the_oracle(reading, clause, data):
                  undefined_nan=True)
 
 
+@pytest.mark.parametrize("reading, clause", [
+    ("group_mean", "ESPO-CLIP"),  # the pinned reading
+    ("token_over_groups", "ESPO-CLIP-TOKEN"),  # eps_t = alpha e_t / (log V K_i)
+], ids=["ESPO-CLIP", "ESPO-CLIP-TOKEN"])
 @given(data=st.data())
-def test_ESPO_CLIP_group_clip_eps_matches_the_oracle(data):
-    """eps_reading="group_mean" (the pinned reading)."""
-    check_group_clip_eps_matches_the_oracle("group_mean", "ESPO-CLIP", data)
-
-
-@given(data=st.data())
-def test_ESPO_CLIP_TOKEN_group_clip_eps_matches_the_oracle(data):
-    """eps_reading="token_over_groups": eps_t = alpha e_t / (log V K_i)."""
-    check_group_clip_eps_matches_the_oracle("token_over_groups", "ESPO-CLIP-TOKEN", data)
+def test_ESPO_CLIP_and_ESPO_CLIP_TOKEN_group_clip_eps_matches_the_oracle(reading, clause, data):
+    """Both eps readings (the test id is the clause) against the oracle."""
+    check_group_clip_eps_matches_the_oracle(reading, clause, data)
 
 
 @given(data=st.data())

@@ -19,6 +19,8 @@ torch = pytest.importorskip("torch")
 import espo_ref.torch as et  # noqa: E402
 from espo_ref.tolerances import compare, tolerance  # noqa: E402
 
+from helpers.asserts import error_messages  # noqa: E402
+
 F64_MAX = float(np.finfo(np.float64).max)
 VALUE = tolerance("numpy", "float64", "value")
 CFG = core.ESPOConfig(vocab_size=16)
@@ -51,14 +53,6 @@ def assert_all_finite(result, what):
             assert np.isfinite(host(value)).all(), f"[ESPO-INPUT] {what}: {name} {value}"
     for key, value in result.metrics.items():
         assert isinstance(value, float) and math.isfinite(value), f"[ESPO-INPUT] {what}: metrics[{key}] = {value}"
-
-
-def messages(fn_numpy, fn_torch):
-    with pytest.raises(ESPOInputError) as want:
-        fn_numpy()
-    with pytest.raises(ESPOInputError) as got:
-        fn_torch()
-    return str(want.value), str(got.value)
 
 
 # ------------------------------------------------------------------ metrics
@@ -154,8 +148,8 @@ def test_ESPO_INPUT_loss_overflow_is_an_error_naming_advantages(loss):
     config = {"espo": CFG.replace(log_ratio_clamp=None), "grpo": core.GRPOConfig(log_ratio_clamp=None),
               "dapo": core.DAPOConfig(log_ratio_clamp=None), "gspo": core.GSPOConfig(log_ratio_clamp=None),
               "gmpo": None, "cispo": None}[loss]
-    want, got = messages(lambda: run(loss, "numpy", logp, old, mask, adv, config, np.ones((1, 1))),
-                         lambda: run(loss, "torch", logp, old, mask, adv, config, np.ones((1, 1))))
+    got, want = error_messages(lambda: run(loss, "numpy", logp, old, mask, adv, config, np.ones((1, 1))),
+                               lambda: run(loss, "torch", logp, old, mask, adv, config, np.ones((1, 1))))
     assert want == got and "the loss overflows float64" in want and "advantages" in want, (want, got)
 
 
@@ -164,8 +158,8 @@ def test_ESPO_INPUT_the_issue_example_is_an_error():
     a ratio of e^10 gave loss inf."""
     args = (np.array([[9.0]]), np.array([[-1.0]]), np.ones((1, 1), dtype=bool), np.array([-1e305]))
     cfg = CFG.replace(log_ratio_clamp=None)
-    want, got = messages(lambda: run("espo", "numpy", *args, cfg, np.ones((1, 1))),
-                         lambda: run("espo", "torch", *args, cfg, np.ones((1, 1))))
+    got, want = error_messages(lambda: run("espo", "numpy", *args, cfg, np.ones((1, 1))),
+                               lambda: run("espo", "torch", *args, cfg, np.ones((1, 1))))
     assert want == got and "advantages up to 1e+305" in want
 
 
@@ -175,8 +169,8 @@ def test_ESPO_INPUT_log_ratio_overflow_is_an_error_naming_both(loss):
     naming both arguments and the position (its inf became NaN in the group mean)."""
     logp, old = np.array([[-1.0, 1e308]]), np.array([[-1.0, -1e308]])
     mask, adv = np.ones((1, 2), dtype=bool), np.array([1.0])
-    want, got = messages(lambda: run(loss, "numpy", logp, old, mask, adv, entropy=np.ones((1, 2))),
-                         lambda: run(loss, "torch", logp, old, mask, adv, entropy=np.ones((1, 2))))
+    got, want = error_messages(lambda: run(loss, "numpy", logp, old, mask, adv, entropy=np.ones((1, 2))),
+                               lambda: run(loss, "torch", logp, old, mask, adv, entropy=np.ones((1, 2))))
     assert want == got and want.startswith("logp - old_logp overflows float64 at response position [0, 1]")
 
 

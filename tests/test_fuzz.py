@@ -47,32 +47,17 @@ def test_BASE_INPUT_fuzz_baseline_losses_over_every_config_field(data, function)
     _run(data, function)
 
 
+@pytest.mark.parametrize("function", [
+    "grpo_advantages",  # [ESPO-ADV] huge, tiny and offset rewards, valid subsets, ddof, eps
+    "token_entropy",  # [ESPO-ENT] extreme logits, masked vocabularies, temperatures from 5e-324 to the float max
+    "entropy_groups",  # [ESPO-GROUP] group ids equal exactly, every grouping, float32 and float64 entropies
+    "group_clip_eps",  # [ESPO-CLIP] eps finite or an error naming alpha, equal in both backends
+])
 @FUZZ
 @given(data=st.data())
-def test_ESPO_ADV_fuzz_grpo_advantages(data):
-    """[ESPO-ADV] huge, tiny and offset rewards, valid subsets, ddof, eps."""
-    _run(data, "grpo_advantages")
-
-
-@FUZZ
-@given(data=st.data())
-def test_ESPO_ENT_fuzz_token_entropy(data):
-    """[ESPO-ENT] extreme logits, masked vocabularies, temperatures from 5e-324 to the float max."""
-    _run(data, "token_entropy")
-
-
-@FUZZ
-@given(data=st.data())
-def test_ESPO_GROUP_fuzz_entropy_groups(data):
-    """[ESPO-GROUP] group ids equal exactly, every grouping, float32 and float64 entropies."""
-    _run(data, "entropy_groups")
-
-
-@FUZZ
-@given(data=st.data())
-def test_ESPO_CLIP_fuzz_group_clip_eps(data):
-    """[ESPO-CLIP] eps finite or an error naming alpha, equal in both backends."""
-    _run(data, "group_clip_eps")
+def test_ESPO_ADV_and_ESPO_ENT_and_ESPO_GROUP_and_ESPO_CLIP_fuzz_the_components(data, function):
+    """[ESPO-ADV] [ESPO-ENT] [ESPO-GROUP] [ESPO-CLIP] each building block, numpy against torch."""
+    _run(data, function)
 
 
 def test_fuzz_covers_every_function():

@@ -13,16 +13,7 @@ from espo_ref.conformance.golden import load
 from espo_ref.tolerances import compare, tolerance
 
 from helpers import baselines_oracle as base_oracle
-from helpers.oracle import (
-    oracle_clamp_entropy,
-    oracle_entropy_groups,
-    oracle_espo_loss,
-    oracle_group_clip_eps,
-    oracle_group_log_ratio,
-    oracle_grpo_advantages,
-    oracle_high_group_size,
-    oracle_token_entropy,
-)
+from helpers import oracle as espo_oracle
 
 TOL = tolerance("numpy", "float64", "value")
 GENERATED = [c for c in load() if c.source.startswith("generated")]
@@ -39,8 +30,8 @@ def _oracle(case):
     cfg = spec.make_config(case.config)
     x = case.inputs
     if case.function == "espo_loss":
-        out = oracle_espo_loss(_lists(x["logp"]), _lists(x["old_logp"]), _lists(x["entropy"]), _lists(x["mask"]),
-                               _lists(x["advantages"]), cfg)
+        out = espo_oracle.oracle_espo_loss(_lists(x["logp"]), _lists(x["old_logp"]), _lists(x["entropy"]),
+                                           _lists(x["mask"]), _lists(x["advantages"]), cfg)
         scale = max(1.0, math.fsum(abs(v) for v in out["terms"]))
         return out, scale
     if case.function in BASELINE_ORACLES:
@@ -53,18 +44,22 @@ def _oracle(case):
         return out, 1.0
     if case.function == "entropy_groups":
         mask = _lists(x["mask"])
-        return {"groups": oracle_entropy_groups(oracle_clamp_entropy(_lists(x["entropy"]), mask, cfg), mask, cfg)}, 1.0
+        entropy = espo_oracle.oracle_clamp_entropy(_lists(x["entropy"]), mask, cfg)
+        return {"groups": espo_oracle.oracle_entropy_groups(entropy, mask, cfg)}, 1.0
     if case.function == "group_clip_eps":
-        return {"eps": oracle_group_clip_eps(_lists(x["entropy"]), _lists(x["groups"]), cfg)}, 1.0
+        return {"eps": espo_oracle.oracle_group_clip_eps(_lists(x["entropy"]), _lists(x["groups"]), cfg)}, 1.0
     if case.function == "group_log_ratio":
-        return {"log_ratio": oracle_group_log_ratio(_lists(x["logp"]), _lists(x["old_logp"]), _lists(x["groups"]))}, 1.0
+        log_ratio = espo_oracle.oracle_group_log_ratio(_lists(x["logp"]), _lists(x["old_logp"]), _lists(x["groups"]))
+        return {"log_ratio": log_ratio}, 1.0
     if case.function == "grpo_advantages":
-        return {"advantages": oracle_grpo_advantages(_lists(x["rewards"]), _lists(x["prompt_ids"]), _lists(x["valid"]),
-                                                     **case.kwargs)}, 1.0
+        advantages = espo_oracle.oracle_grpo_advantages(_lists(x["rewards"]), _lists(x["prompt_ids"]),
+                                                        _lists(x["valid"]), **case.kwargs)
+        return {"advantages": advantages}, 1.0
     if case.function == "token_entropy":
-        return {"entropy": oracle_token_entropy(_lists(x["logits"]), case.kwargs["temperature"])}, 1.0
+        return {"entropy": espo_oracle.oracle_token_entropy(_lists(x["logits"]), case.kwargs["temperature"])}, 1.0
     if case.function == "high_group_size":
-        return {"n_high": [oracle_high_group_size(int(L), case.kwargs["top_fraction"]) for L in x["lengths"]]}, 1.0
+        top_fraction = case.kwargs["top_fraction"]
+        return {"n_high": [espo_oracle.oracle_high_group_size(int(L), top_fraction) for L in x["lengths"]]}, 1.0
     raise AssertionError(f"no oracle for {case.function}")
 
 

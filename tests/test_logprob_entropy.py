@@ -32,6 +32,7 @@ from espo_ref.errors import ESPOInputError  # noqa: E402
 from espo_ref.torch import logprob_entropy as le  # noqa: E402
 from espo_ref.torch.logprob_entropy import token_logprobs_and_entropy, token_logprobs_and_entropy_from_logits  # noqa: E402,E501
 
+from espo_ref.tolerances import TOLERANCES  # noqa: E402
 from helpers.asserts import assert_close, on_host  # noqa: E402
 
 CLAUSE = "[ESPO-ENT]"
@@ -104,6 +105,29 @@ def make_inputs(n, h, v, dtype, kind, scale, with_bias, seed, device=DEVICE):
     return conv(hidden), conv(weight), conv(bias), targets.to(device)
 
 
+def bf16_gradients_conditioned(z64, targets, temperature, grad_out, hidden, weight, bias, want) -> bool:
+    """Whether each bf16 gradient is well above its rounding bound. The bf16 rows of the
+    tolerance table model the error as ``onehot - p`` rounded to bf16 (relative 2^-9) before
+    the products; a gradient whose terms cancel to less than that bound times ``2 / rtol``
+    (n = 1, v = 3: terms of +-1 summing to -0.07) cannot meet the table's rtol and is not a
+    case of the kernel's accuracy but of the example's."""
+    z = z64 / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(p)), targets.cpu().numpy()] = 1.0
+    a = np.abs(onehot - p) * np.abs(grad_out.numpy())[:, None] / temperature  # [n, v]
+    bounds = [a @ np.abs(on_host(weight).astype(np.float64)), a.T @ np.abs(on_host(hidden).astype(np.float64))]
+    if bias is not None:
+        bounds.append(a.sum(axis=0))
+    rtol = TOLERANCES[("torch-logprob", "bfloat16", "grad")].rtol
+    for bound, w in zip(bounds, want):
+        scale = float(np.max(np.abs(w.numpy()))) if w.numel() else 0.0
+        if scale > 0 and 2.0 ** -9 * float(bound.max()) > 0.5 * rtol * scale:
+            return False
+    return True
+
+
 def run_case(impl, dtype_name, n, h, v, chunk, temperature, kind, scale, with_bias, seed, hypothesis_draw=False):
     dtype = DTYPES[dtype_name]
     hidden, weight, bias, targets = make_inputs(n, h, v, dtype, kind, scale, with_bias, seed)
@@ -130,9 +154,28 @@ def run_case(impl, dtype_name, n, h, v, chunk, temperature, kind, scale, with_bi
     inputs = [x for x in (hidden, weight, bias) if x is not None]
     got = torch.autograd.grad(logp, inputs, grad_out.to(logp.dtype).to(logp.device))
     want = torch.autograd.grad(want_logp, [x for x in leaves if x is not None], grad_out)
+    if hypothesis_draw and dtype_name == "bfloat16":
+        # rejected, not tolerated: a gradient whose terms cancel below the bf16 rounding of onehot - p
+        assume(bf16_gradients_conditioned(z64, targets, temperature, grad_out, hidden, weight, bias, want))
     for name, g, w in zip(("hidden", "weight", "bias"), got, want):
         assert g.dtype == dtype, f"grad {name} dtype {g.dtype}; {repro}"
         check(g, w, backend, dtype_name, "grad", f"d logp / d {name}", repro)
+
+
+def run_drawn_case(data, impl, max_n, max_h, max_v, chunks=None):
+    """``run_case`` on a drawn case: shape up to (max_n, max_h, max_v), chunk size from
+    ``chunks`` (None: the path's own), temperature, logits kind and scale, bias, dtype, seed."""
+    n = data.draw(st.integers(1, max_n), label="n")
+    h = data.draw(st.integers(1, max_h), label="h")
+    v = data.draw(st.integers(1, max_v), label="v")
+    chunk = None if chunks is None else data.draw(chunks, label="chunk")
+    temperature = data.draw(st.floats(0.25, 4.0), label="temperature")
+    kind = data.draw(st.sampled_from(["normal", "flat", "peaked"]), label="kind")
+    scale = data.draw(st.floats(0.0, 30.0), label="scale")
+    with_bias = data.draw(st.booleans(), label="with_bias")
+    dtype_name = data.draw(st.sampled_from(list(DTYPES)), label="dtype")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    run_case(impl, dtype_name, n, h, v, chunk, temperature, kind, scale, with_bias, seed, hypothesis_draw=True)
 
 
 # Shapes whose N, H and V are not multiples of the chunk or of the Triton tiles (16).
@@ -166,17 +209,7 @@ def test_token_logprobs_and_entropy_torch(dtype_name, shape, case):
 
 @given(data=st.data())
 def test_token_logprobs_and_entropy_torch_random(data):
-    n = data.draw(st.integers(1, 40), label="n")
-    h = data.draw(st.integers(1, 40), label="h")
-    v = data.draw(st.integers(1, 300), label="v")
-    chunk = data.draw(st.one_of(st.none(), st.integers(1, 50)), label="chunk")
-    temperature = data.draw(st.floats(0.25, 4.0), label="temperature")
-    kind = data.draw(st.sampled_from(["normal", "flat", "peaked"]), label="kind")
-    scale = data.draw(st.floats(0.0, 30.0), label="scale")
-    with_bias = data.draw(st.booleans(), label="with_bias")
-    dtype_name = data.draw(st.sampled_from(list(DTYPES)), label="dtype")
-    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
-    run_case("torch", dtype_name, n, h, v, chunk, temperature, kind, scale, with_bias, seed, hypothesis_draw=True)
+    run_drawn_case(data, "torch", 40, 40, 300, chunks=st.one_of(st.none(), st.integers(1, 50)))
 
 
 def test_token_logprobs_and_entropy_float64_gradcheck():
@@ -469,16 +502,7 @@ def test_token_logprobs_and_entropy_triton_matches_torch(triton_path):
 @given(data=st.data())
 def test_token_logprobs_and_entropy_triton_random(triton_path, data):
     small = DEVICE == "cpu"
-    n = data.draw(st.integers(1, 24 if small else 300), label="n")
-    h = data.draw(st.integers(1, 24 if small else 200), label="h")
-    v = data.draw(st.integers(1, 150 if small else 3000), label="v")
-    temperature = data.draw(st.floats(0.25, 4.0), label="temperature")
-    kind = data.draw(st.sampled_from(["normal", "flat", "peaked"]), label="kind")
-    scale = data.draw(st.floats(0.0, 30.0), label="scale")
-    with_bias = data.draw(st.booleans(), label="with_bias")
-    dtype_name = data.draw(st.sampled_from(list(DTYPES)), label="dtype")
-    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
-    run_case("triton", dtype_name, n, h, v, None, temperature, kind, scale, with_bias, seed, hypothesis_draw=True)
+    run_drawn_case(data, "triton", 24 if small else 300, 24 if small else 200, 150 if small else 3000)
 
 
 @pytest.mark.cuda

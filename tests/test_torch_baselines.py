@@ -36,7 +36,8 @@ from espo_ref import (  # noqa: E402
 )
 from espo_ref.tolerances import tolerance  # noqa: E402
 
-from helpers.asserts import assert_close, assert_equal  # noqa: E402
+from helpers.asserts import assert_close, assert_equal, error_messages  # noqa: E402
+from helpers.baseline_inputs import BAD_INPUTS, bad_arguments  # noqa: E402
 from helpers.masks import random_mask  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -236,8 +237,10 @@ EXTRA_VALUES = {"grpo": ("per_token_loss",), "dapo": ("per_token_loss",), "gspo"
                 "cispo": ("per_token_loss", "is_weight")}
 
 
-def check_result(batch, got, grad, want):
-    """Every field of the LossResult, the metrics, and both gradients, against the core."""
+def check_torch_result(batch, device, want):
+    """torch's loss on ``batch``: every field of the LossResult, the metrics, and both
+    gradients, against the core's result ``want``."""
+    got, grad = run_torch(batch, device)
     method, dtype = batch["method"], batch["dtype"]
     clause = CLAUSE[method] + ("-SEQ" if getattr(batch["config"], "level", "") == "sequence" else "")
     value, gtol = tolerance("torch", dtype, "value"), tolerance("torch", dtype, "grad")
@@ -261,6 +264,15 @@ def check_result(batch, got, grad, want):
         assert_close(got.metrics[key], w, value, "BASE-METRICS", key, repro(batch))
 
 
+def check_conditioned_batch(batch, device):
+    """The core's result on ``batch`` (the example rejected where it is ill-conditioned for the
+    dtype), then torch's against it."""
+    note(f"config={batch['config']!r}")
+    want = run_numpy(batch)
+    assume(well_conditioned(batch, want))
+    check_torch_result(batch, device, want)
+
+
 # ------------------------------------------------------------------ value and gradient
 
 
@@ -273,12 +285,7 @@ def test_torch_baseline_loss_matches_numpy(data, method, dtype, device):
     [BASE-CISPO] [BASE-RATIO-CLAMP] [BASE-AGG] [BASE-AGG-EMPTY] [BASE-METRICS]: loss, every
     per-token field, the metrics, the analytic ``grad`` and autograd's gradient equal the
     core's, over every config option and every aggregation mode."""
-    batch = data.draw(batches(method, dtype), label="batch")
-    note(f"config={batch['config']!r}")
-    want = run_numpy(batch)
-    assume(well_conditioned(batch, want))
-    got, grad = run_torch(batch, device)
-    check_result(batch, got, grad, want)
+    check_conditioned_batch(data.draw(batches(method, dtype), label="batch"), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -286,11 +293,7 @@ def test_torch_baseline_loss_matches_numpy(data, method, dtype, device):
 def test_BASE_GSPO_SEQ_torch_sequence_level_matches_numpy(data, device):
     """[BASE-GSPO-SEQ] level="sequence": autograd through the plain s_i gives the response
     mean of the token-form gradient, on every token of the response (float64)."""
-    batch = data.draw(batches("gspo", "float64", level="sequence"), label="batch")
-    want = run_numpy(batch)
-    assume(well_conditioned(batch, want))
-    got, grad = run_torch(batch, device)
-    check_result(batch, got, grad, want)
+    check_conditioned_batch(data.draw(batches("gspo", "float64", level="sequence"), label="batch"), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -377,8 +380,7 @@ def test_BASE_GRPO_and_BASE_GRPO_DUALCLIP_torch_token_on_a_bound_takes_the_uncli
     assert not want.extras.get("clamped", np.zeros_like(mask))[0].any()
     assert not want.extras.get("dual_clipped", np.zeros_like(mask))[0].any()
     assert (want.grad[0] != 0).all()
-    got, grad = run_torch(batch, device)
-    check_result(batch, got, grad, want)
+    check_torch_result(batch, device, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -470,23 +472,10 @@ def test_BASE_AGG_EMPTY_torch_agg_weights_hand_worked_empty_row():
 
 # ------------------------------------------------------------------ errors
 
-GOOD = (np.array([[-1.0, -2.0]]), np.array([[-1.0, -1.5]]), np.array([[True, True]]), np.array([1.0]))
-BAD_INPUTS = [
-    ({"logp": np.array([-1.0, -2.0])}, "logp 1-D"),
-    ({"logp": np.array([["a", "b"]])}, "logp strings"),
+BAD_TORCH_INPUTS = [(bad, what) for bad, _, what in BAD_INPUTS] + [
     ({"logp": np.array([[1 + 1j, 2]])}, "logp complex"),
     ({"logp": np.array([[True, False]])}, "logp bool"),
-    ({"old_logp": np.array([[-1.0, -1.5, 0.0]])}, "old_logp shape"),
-    ({"mask": np.array([[1, 2]])}, "mask value"),
     ({"mask": np.array([[0.5, 1.0]])}, "mask float value"),
-    ({"mask": np.array([[True]])}, "mask shape"),
-    ({"mask": np.array([[False, False]])}, "no response token"),
-    ({"logp": np.array([[np.nan, -2.0]])}, "logp nan"),
-    ({"old_logp": np.array([[-1.0, np.inf]])}, "old_logp inf"),
-    ({"advantages": np.array([np.nan])}, "advantages nan per response"),
-    ({"advantages": np.array([1.0, 2.0])}, "advantages shape"),
-    ({"advantages": np.array([[1.0, np.nan]])}, "advantages nan per token"),
-    ({"advantages": np.ones((1, 2, 1))}, "advantages 3-D"),
     ({"logp": np.array([[np.nan, -2.0]]), "mask": np.array([[False, False]])}, "HW-B17 nan padding, empty"),
 ]
 
@@ -500,26 +489,17 @@ def _as_torch(x, dtype):
     return x  # strings: torch cannot hold them; the backend takes the numpy array
 
 
-def _messages(numpy_call, torch_call):
-    with pytest.raises(ESPOInputError) as want:
-        numpy_call()
-    with pytest.raises(ESPOInputError) as got:
-        torch_call()
-    return str(got.value), str(want.value)
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("bad, what", BAD_INPUTS, ids=[w for _, w in BAD_INPUTS])
+@pytest.mark.parametrize("bad, what", BAD_TORCH_INPUTS, ids=[w for _, w in BAD_TORCH_INPUTS])
 def test_BASE_INPUT_torch_errors_same_message_as_numpy(bad, what, method, dtype):
     """[BASE-INPUT] [BASE-AGG-EMPTY] each bad input raises ESPOInputError with the core's
     exact message (numpy receives the same values, float32 cast where the case is float32)."""
-    args = dict(zip(("logp", "old_logp", "mask", "advantages"), GOOD))
-    args.update(bad)
+    args = bad_arguments(bad)
     np_args = {k: (v.astype(np.float32) if dtype == "float32" and v.dtype == np.float64 else v)
                for k, v in args.items()}
     t_args = {k: _as_torch(v, DTYPES[dtype]) for k, v in args.items()}
-    got, want = _messages(lambda: numpy_fn(method)(**np_args), lambda: torch_fn(method)(**t_args))
+    got, want = error_messages(lambda: numpy_fn(method)(**np_args), lambda: torch_fn(method)(**t_args))
     assert got == want, f"[BASE-INPUT] {what}: torch {got!r} != numpy {want!r}"
 
 
@@ -542,8 +522,8 @@ def test_BASE_INPUT_and_BASE_CONFIG_torch_overflow_config_and_max_len_errors_sam
     try:
         numpy_fn(method)(logp, old, mask, adv, config)
     except ESPOInputError:
-        got, want = _messages(lambda: numpy_fn(method)(logp, old, mask, adv, config),
-                              lambda: torch_fn(method)(torch.tensor(logp), torch.tensor(old), torch.tensor(mask),
+        got, want = error_messages(lambda: numpy_fn(method)(logp, old, mask, adv, config),
+                                   lambda: torch_fn(method)(torch.tensor(logp), torch.tensor(old), torch.tensor(mask),
                                                        torch.tensor(adv), config))
         assert got == want, f"[BASE-INPUT] torch {got!r} != numpy {want!r}"
         return
@@ -576,8 +556,8 @@ def test_BASE_RATIO_CLAMP_torch_float32_overflow_names_the_dtype():
         "nan", "1-D", "mask-shape", "mask-value", "strings"])
 def test_BASE_AGG_torch_agg_errors_same_message_as_numpy(kwargs, per_token, mask):
     """[BASE-AGG] [BASE-AGG-EMPTY] agg_loss refuses what the core refuses, with its message."""
-    got, want = _messages(lambda: core.agg_loss(per_token, mask, **kwargs),
-                          lambda: et.agg_loss(_as_torch(per_token, torch.float64), _as_torch(mask, None), **kwargs))
+    got, want = error_messages(lambda: core.agg_loss(per_token, mask, **kwargs),
+                               lambda: et.agg_loss(_as_torch(per_token, torch.float64), _as_torch(mask, None), **kwargs))
     assert got == want, f"[BASE-AGG] torch {got!r} != numpy {want!r}"
 
 
@@ -585,8 +565,8 @@ def test_BASE_AGG_torch_agg_errors_same_message_as_numpy(kwargs, per_token, mask
                          ids=["1-D", "empty", "value"])
 def test_BASE_AGG_torch_agg_weights_errors_same_message_as_numpy(mask):
     """[BASE-AGG] [BASE-AGG-EMPTY] agg_weights: 1-D masks, empty masks, non-0/1 values."""
-    got, want = _messages(lambda: core.agg_weights(mask, "token-mean"),
-                          lambda: et.agg_weights(torch.from_numpy(mask), "token-mean"))
+    got, want = error_messages(lambda: core.agg_weights(mask, "token-mean"),
+                               lambda: et.agg_weights(torch.from_numpy(mask), "token-mean"))
     assert got == want, f"[BASE-AGG] torch {got!r} != numpy {want!r}"
 
 

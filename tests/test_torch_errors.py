@@ -15,6 +15,8 @@ import espo_ref as core  # noqa: E402
 import espo_ref.torch as et  # noqa: E402
 from espo_ref.errors import ESPOInputError  # noqa: E402
 
+from helpers.asserts import error_messages  # noqa: E402
+
 CFG = core.ESPOConfig(vocab_size=16)
 B, T = 3, 4
 
@@ -73,14 +75,6 @@ LOSS_CASES = {
 }
 
 
-def _messages(fn_numpy, fn_torch):
-    with pytest.raises(ESPOInputError) as want:
-        fn_numpy()
-    with pytest.raises(ESPOInputError) as got:
-        fn_torch()
-    return str(got.value), str(want.value)
-
-
 def tensor(x, device):
     arr = np.asarray(x)
     if arr.dtype.kind in "OUS":
@@ -96,7 +90,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 def test_ESPO_INPUT_torch_espo_loss_error_messages_equal_numpy(case, device):
     """[ESPO-INPUT] espo_loss: same error type and message as the core for each bad input."""
     a = LOSS_CASES[case]
-    got, want = _messages(
+    got, want = error_messages(
         lambda: core.espo_loss(a["logp"], a["old_logp"], a["entropy"], a["mask"], a["advantages"], CFG),
         lambda: et.espo_loss(*(tensor(a[k], device) for k in ("logp", "old_logp", "entropy", "mask", "advantages")),
                              CFG))
@@ -109,16 +103,16 @@ def test_ESPO_INPUT_and_ESPO_RATIO_CLAMP_torch_config_and_overflow_errors_equal_
     a = good()
     args = [a[k] for k in ("logp", "old_logp", "entropy", "mask", "advantages")]
     targs = [torch.from_numpy(x) for x in args]
-    assert _messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
-                     lambda: et.espo_loss(*targs, {"vocab_size": 16}))[0].startswith("config must be")
-    got, want = _messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
-                          lambda: et.espo_loss(*targs, {"vocab_size": 16}))
+    assert error_messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
+                          lambda: et.espo_loss(*targs, {"vocab_size": 16}))[0].startswith("config must be")
+    got, want = error_messages(lambda: core.espo_loss(*args, {"vocab_size": 16}),
+                               lambda: et.espo_loss(*targs, {"vocab_size": 16}))
     assert got == want
     big = with_(old_logp=lambda x: x - 800.0)
     cfg = CFG.replace(log_ratio_clamp=None)
     args = [big[k] for k in ("logp", "old_logp", "entropy", "mask", "advantages")]
-    got, want = _messages(lambda: core.espo_loss(*args, cfg),
-                          lambda: et.espo_loss(*(torch.from_numpy(x) for x in args), cfg))
+    got, want = error_messages(lambda: core.espo_loss(*args, cfg),
+                               lambda: et.espo_loss(*(torch.from_numpy(x) for x in args), cfg))
     assert got == want and "overflows float64" in got
 
 
@@ -185,7 +179,7 @@ def test_ESPO_INPUT_torch_component_error_messages_equal_numpy():
                                     torch.zeros(3, dtype=torch.int64))),
     ]
     for i, (fn_numpy, fn_torch) in enumerate(rows):
-        got, want = _messages(fn_numpy, fn_torch)
+        got, want = error_messages(fn_numpy, fn_torch)
         assert got == want, f"row {i}"
 
 
@@ -214,7 +208,7 @@ def test_ESPO_INPUT_torch_accepts_and_rejects_what_numpy_does():
         (lambda: core.token_entropy(np.ones((1, 2)), np.True_), lambda: et.token_entropy(torch.ones(1, 2), np.True_)),
     ]
     for i, (fn_numpy, fn_torch) in enumerate(rows):
-        got, want = _messages(fn_numpy, fn_torch)
+        got, want = error_messages(fn_numpy, fn_torch)
         assert got == want, f"row {i}: torch {got!r} != numpy {want!r}"
     # a 0-d length is accepted by both, with the same value
     assert int(et.high_group_size(np.int64(5), 0.2)) == int(core.high_group_size(np.int64(5), 0.2)) == 1

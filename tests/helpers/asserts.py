@@ -12,15 +12,20 @@ comparison report (max |abs diff|, max |rel diff|, k of n bad, first bad point) 
 
 ``got`` and ``want`` may be numpy arrays, Python numbers or lists, or torch tensors (moved
 to the host as float64; torch itself is never imported here).
+
+``error_messages(numpy_call, torch_call)`` asserts both calls raise ESPOInputError and returns
+(torch's message, the core's message) for the torch-vs-numpy error tests to compare.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from espo_ref.errors import ESPOInputError
 from espo_ref.tolerances import Tolerance, compare, tolerance
 
-__all__ = ["assert_close", "assert_equal", "is_close", "on_host", "resolve_tolerance"]
+__all__ = ["assert_close", "assert_equal", "error_messages", "is_close", "on_host", "resolve_tolerance"]
 
 
 def on_host(x) -> np.ndarray:
@@ -78,3 +83,13 @@ def assert_equal(got, want, clause: str, what: str, context: str = ""):
     assert bad.size == 0, (
         f"[{clause}] {what}: {len(bad)} of {got.size} differ; first at {tuple(bad[0].tolist())}: "
         f"got {got[tuple(bad[0])]!r}, want {want[tuple(bad[0])]!r}{context}")
+
+
+def error_messages(numpy_call, torch_call) -> tuple[str, str]:
+    """(got, want): the messages of the ESPOInputError that ``torch_call`` and ``numpy_call``
+    (the reference) must each raise."""
+    with pytest.raises(ESPOInputError) as want:
+        numpy_call()
+    with pytest.raises(ESPOInputError) as got:
+        torch_call()
+    return str(got.value), str(want.value)

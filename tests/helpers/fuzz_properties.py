@@ -673,20 +673,32 @@ def _compare_metrics(got, want, log_r, m, dtype, vtol, clause, record):
 # ------------------------------------------------------------------ components
 
 
+def _run_component(record: Record, clause: str, what, numpy_call, torch_call, near_boundary=None):
+    """Both backends on one component: each raises ESPOInputError or gives finite outputs (with
+    ``what``, its array output finite), and both take the same decision (``near_boundary(want)``
+    says when a differing overflow decision is within rounding). Returns (want, got, want_err)."""
+    want, want_err = _outcome(numpy_call)
+    _robust(record, "numpy", want, want_err, clause)
+    if what is not None:
+        _finite_array(record, "numpy", want, clause, what)
+    got, got_err = _outcome(torch_call)
+    _robust(record, "torch", got, got_err, clause)
+    if what is not None:
+        _finite_array(record, "torch", got, clause, what)
+    _same_decision(record, want_err, got_err, clause, lambda: near_boundary is not None and near_boundary(want))
+    return want, got, want_err
+
+
 def check_advantages(case: dict, record: Record) -> None:
     """[ESPO-ADV] finite rewards give finite advantages in both backends, the same decisions,
     and equal values where the spread of the rewards is not lost to rounding."""
     dtype, tdtype = case["dtype"], TORCH_DTYPE[case["dtype"]]
     args = (case["prompt_ids"], case["valid"], case["ddof"], case["eps"])
-    want, want_err = _outcome(lambda: core.grpo_advantages(case["rewards"], *args))
-    _robust(record, "numpy", want, want_err, "ESPO-ADV")
-    _finite_array(record, "numpy", want, "ESPO-ADV", "advantages")
     ids = case["prompt_ids"] if case["prompt_ids"].dtype.kind in "US" else torch.tensor(case["prompt_ids"])
-    got, got_err = _outcome(lambda: et.grpo_advantages(_t(case["rewards"], tdtype), ids,
-                                                       torch.tensor(case["valid"]), case["ddof"], case["eps"]))
-    _robust(record, "torch", got, got_err, "ESPO-ADV")
-    _finite_array(record, "torch", got, "ESPO-ADV", "advantages")
-    _same_decision(record, want_err, got_err, "ESPO-ADV", lambda: False)
+    want, got, want_err = _run_component(
+        record, "ESPO-ADV", "advantages", lambda: core.grpo_advantages(case["rewards"], *args),
+        lambda: et.grpo_advantages(_t(case["rewards"], tdtype), ids, torch.tensor(case["valid"]), case["ddof"],
+                                   case["eps"]))
     if want_err is not None:
         record.compared = True
         return
@@ -715,13 +727,9 @@ def check_advantages(case: dict, record: Record) -> None:
 def check_entropy(case: dict, record: Record) -> None:
     """[ESPO-ENT] finite logits give a finite entropy at every temperature, in both backends."""
     dtype, tdtype = case["dtype"], TORCH_DTYPE[case["dtype"]]
-    want, want_err = _outcome(lambda: core.token_entropy(case["logits"], case["temperature"]))
-    _robust(record, "numpy", want, want_err, "ESPO-ENT")
-    _finite_array(record, "numpy", want, "ESPO-ENT", "entropy")
-    got, got_err = _outcome(lambda: et.token_entropy(_t(case["logits"], tdtype), case["temperature"]))
-    _robust(record, "torch", got, got_err, "ESPO-ENT")
-    _finite_array(record, "torch", got, "ESPO-ENT", "entropy")
-    _same_decision(record, want_err, got_err, "ESPO-ENT", lambda: False)
+    want, got, want_err = _run_component(
+        record, "ESPO-ENT", "entropy", lambda: core.token_entropy(case["logits"], case["temperature"]),
+        lambda: et.token_entropy(_t(case["logits"], tdtype), case["temperature"]))
     if want_err is not None:
         record.compared = True
         return
@@ -758,12 +766,9 @@ def check_groups(case: dict, record: Record) -> None:
     """[ESPO-GROUP] the group ids equal the core's exactly (no tolerance, no rejection), and the
     same errors."""
     tdtype = TORCH_DTYPE[case["dtype"]]
-    want, want_err = _outcome(lambda: core.entropy_groups(case["entropy"], case["mask"], case["config"]))
-    _robust(record, "numpy", want, want_err, "ESPO-GROUP")
-    got, got_err = _outcome(lambda: et.entropy_groups(_t(case["entropy"], tdtype), torch.tensor(case["mask"]),
-                                                      case["config"]))
-    _robust(record, "torch", got, got_err, "ESPO-GROUP")
-    _same_decision(record, want_err, got_err, "ESPO-GROUP", lambda: False)
+    want, got, want_err = _run_component(
+        record, "ESPO-GROUP", None, lambda: core.entropy_groups(case["entropy"], case["mask"], case["config"]),
+        lambda: et.entropy_groups(_t(case["entropy"], tdtype), torch.tensor(case["mask"]), case["config"]))
     if want_err is None:
         assert_equal(got, want, "ESPO-GROUP", "groups")
     record.compared = True
@@ -776,16 +781,11 @@ def check_clip_eps(case: dict, record: Record) -> None:
     groups, groups_err = _outcome(lambda: core.entropy_groups(case["entropy"], case["mask"], case["config"]))
     if groups_err is not None:
         groups = np.where(case["mask"], 0, -1)
-    want, want_err = _outcome(lambda: core.group_clip_eps(case["entropy"], groups, case["config"]))
-    _robust(record, "numpy", want, want_err, "ESPO-CLIP")
-    _finite_array(record, "numpy", want, "ESPO-CLIP", "eps")
-    got, got_err = _outcome(lambda: et.group_clip_eps(_t(case["entropy"], tdtype), torch.tensor(groups),
-                                                      case["config"]))
-    _robust(record, "torch", got, got_err, "ESPO-CLIP")
-    _finite_array(record, "torch", got, "ESPO-CLIP", "eps")
     limit = F64_MAX if dtype == "float64" else F32_MAX
-    _same_decision(record, want_err, got_err, "ESPO-CLIP",
-                   lambda: want is not None and bool(np.any(np.abs(want) >= limit * 0.999)))
+    want, got, want_err = _run_component(
+        record, "ESPO-CLIP", "eps", lambda: core.group_clip_eps(case["entropy"], groups, case["config"]),
+        lambda: et.group_clip_eps(_t(case["entropy"], tdtype), torch.tensor(groups), case["config"]),
+        near_boundary=lambda want: want is not None and bool(np.any(np.abs(want) >= limit * 0.999)))
     if want_err is None:
         assert_close(got, want, tolerance("torch", dtype, "value"), "ESPO-CLIP", "eps")
     record.compared = True
