@@ -170,9 +170,16 @@ def _explain(args: argparse.Namespace) -> int:
             traceback.print_exc()
         return 2
     write_atomic(html_path, explain_page(view, comparison))  # before printing: a closed pipe must not lose it
-    print(render(view, comparison, rows=args.rows))
-    print(f"\npage written to {html_path}")
-    return 1 if comparison is not None and comparison.status != "pass" else 0
+    code = 1 if comparison is not None and comparison.status != "pass" else 0
+    try:
+        print(render(view, comparison, rows=args.rows))
+        print(f"\npage written to {html_path}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (| head): the verdict still decides the status
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
 
 
 def main(argv=None) -> int:
