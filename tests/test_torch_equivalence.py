@@ -81,7 +81,14 @@ def check_torch_matches_numpy(batch, device, conditioned):
     assert_equal(host(got.clipped_low), want.clipped_low, "ESPO-CLIPMASK", "clipped_low")
     assert_equal(host(got.extras["clamped"]), want.extras["clamped"], "ESPO-RATIO-CLAMP", "clamped")
     assert_close(host(got.loss), want.loss, value, "ESPO-OBJ", "loss")
-    for name, clause in (("ratio", "ESPO-RATIO-TOKEN"), ("eps_low", "ESPO-CLIP"), ("eps_high", "ESPO-CLIP"),
+    config = batch["config"]
+    ratio_clause = "ESPO-RATIO-LITERAL" if config.ratio_form == "literal" else "ESPO-RATIO-TOKEN"
+    if np.any(want.extras["clamped"]):
+        ratio_clause = "ESPO-RATIO-CLAMP"
+    eps_clause = {("fixed", "group_mean"): "ESPO-CLIP-FIXED", ("fixed", "token_over_groups"): "ESPO-CLIP-FIXED",
+                  ("adaptive", "token_over_groups"): "ESPO-CLIP-TOKEN"}.get((config.clip, config.eps_reading),
+                                                                          "ESPO-CLIP")
+    for name, clause in (("ratio", ratio_clause), ("eps_low", eps_clause), ("eps_high", eps_clause),
                          ("log_ratio", "ESPO-RATIO"), ("weight", "ESPO-AGG")):
         assert_close(host(getattr(got, name)), getattr(want, name), value, clause, name)
     assert_close(host(got.grad), want.grad, gtol, "ESPO-OBJ", "grad (analytic field)")
