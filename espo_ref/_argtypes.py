@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+
+def one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
+    """[CONF-EXIT] A usage error of this sub-command: one line on stderr, exit 2 (not the whole
+    usage)."""
+
+    def error(message: str):
+        print(f"espo-ref {command}: error: {message} (see espo-ref {command} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
 
 
 def boolean(text: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._argtypes import boolean
+from ._argtypes import boolean, one_line_errors
 
 
 def _conform(args: argparse.Namespace) -> int:
@@ -113,7 +113,14 @@ def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
-# (flag, ESPOConfig field, type) for explain: every option of ESPOConfig, as in espo-ref train
+def _silence_stdout() -> None:
+    """After a BrokenPipeError (espo-ref ... | head): stdout goes nowhere, so that the flush at
+    exit does not raise again."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _clamp(text: str):
     """A float, or the string "none" (no clamp; None itself means the flag was not given)."""
     return "none" if text.lower() == "none" else float(text)
@@ -126,6 +133,7 @@ def _floats(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+# (flag, ESPOConfig field, type) for explain: every option of ESPOConfig, as in espo-ref train
 EXPLAIN_OPTIONS = [
     ("--vocab-size", "vocab_size", int), ("--alpha", "alpha", float), ("--top-fraction", "top_fraction", float),
     ("--grouping", "grouping", str), ("--entropy-edges", "entropy_edges", _floats),
@@ -175,10 +183,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(render(view, comparison, rows=args.rows))
         print(f"\npage written to {html_path}")
         sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (| head): the verdict still decides the status
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away: the verdict still decides the status
+        _silence_stdout()
     return code
 
 
@@ -224,6 +230,7 @@ def main(argv=None) -> int:
     conform.add_argument("--force", action="store_true", help="with --dump: overwrite existing files")
     conform.add_argument("-v", "--verbose", action="store_true", help="list passing cases too; tracebacks")
     conform.set_defaults(handler=_conform)
+    one_line_errors(conform, "conform")
 
     explain = sub.add_parser(
         "explain", help="what ESPO does to each token of a batch (and where an implementation differs)",
@@ -243,24 +250,19 @@ def main(argv=None) -> int:
         explain.add_argument(flag, dest=field, type=kind, default=None,
                              help=f"ESPOConfig.{field} (default: the batch's config, else ESPOConfig's)")
     explain.set_defaults(handler=_explain)
+    one_line_errors(explain, "explain")
 
     from .train.cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)
 
     args, extra = parser.parse_known_args(argv)
-    if extra:  # what parse_args does, except that train and demo say it in one line
-        message = f"unrecognized arguments: {' '.join(extra)}"
-        if args.command in ("train", "demo"):
-            print(f"espo-ref {args.command}: error: {message} (see espo-ref {args.command} --help)", file=sys.stderr)
-            return 2
-        parser.error(message)
+    if extra:  # what parse_args does, but in the sub-command's one line
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
-    except BrokenPipeError:  # the reader went away (espo-ref ... | head): nothing more to say
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away: nothing more to say
+        _silence_stdout()
         return 0
 
 

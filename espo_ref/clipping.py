@@ -7,7 +7,6 @@ import numpy as np
 from ._checks import as_real_array, entropy_in_range, finite_on, raise_at_first
 from ._segments import Segments, group_segments
 from .config import ESPOConfig, check_config
-from .errors import ESPOInputError
 from .grouping import check_groups, trained_tokens
 
 

@@ -93,7 +93,7 @@ def test_explain_reads_the_dump_of_conform_as_json_and_npz(tmp_path, capsys):
 
 @pytest.mark.parametrize("problem, word", [
     ("missing", "advantages"), ("pickle", "pickles"), ("no-vocab", "--vocab-size"), ("bad-option", "grouping"),
-    ("suffix", ".npz or .json"), ("absent", "no such file"),
+    ("suffix", ".npz or .json"), ("absent", "no such file"), ("mask", "boolean or 0/1"),
 ])
 def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, word):
     path = ties_batch(tmp_path / "b.npz")
@@ -110,6 +110,11 @@ def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, wo
         np.savez(path, **arrays)
     elif problem == "bad-option":
         extra = ["--grouping", "nonsense"]
+    elif problem == "mask":  # a half-true mask position: the loss's own mask check names it
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["inputs.mask"] = np.array([[1.0, 0.5, 1.0, 1.0]])
+        np.savez(path, **arrays)
     elif problem == "suffix":
         path = path.rename(tmp_path / "b.txt")
     else:

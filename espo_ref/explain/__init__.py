@@ -62,15 +62,11 @@ class Batch:
 
 
 def _tokens_from(value, shape, source: str) -> list[list[str]]:
+    """One row of token strings per response, padded with "" to the batch's T positions."""
     rows = value.tolist() if isinstance(value, np.ndarray) else value
     if not isinstance(rows, list) or len(rows) != shape[0] or not all(isinstance(r, list) for r in rows):
         raise BatchError(f"{source}: tokens must be {shape[0]} rows of token strings (one row per response)")
-    out = []
-    for b, row in enumerate(rows):
-        if len(row) < shape[1] and any(np.asarray(row[len(row):]).tolist()):
-            raise BatchError(f"{source}: tokens row {b} is shorter than the batch's {shape[1]} positions")
-        out.append([str(x) for x in row] + [""] * max(0, shape[1] - len(row)))
-    return out
+    return [[str(x) for x in row] + [""] * max(0, shape[1] - len(row)) for row in rows]
 
 
 def _from_mapping(get, keys, source: str) -> Batch:
@@ -84,7 +80,6 @@ def _from_mapping(get, keys, source: str) -> Batch:
         else:
             raise BatchError(f"{source}: no '{name}' (looked for inputs.{name} and {name}); a batch holds "
                              f"{', '.join(INPUTS)}, as espo-ref conform --dump writes them")
-    inputs["mask"] = inputs["mask"].astype(bool) if inputs["mask"].dtype.kind in "biuf" else inputs["mask"]
     shape = np.shape(inputs["mask"])
     if len(shape) != 2:
         raise BatchError(f"{source}: mask must be 2-D [B, T], got shape {shape}")
@@ -177,14 +172,19 @@ class TokenView:
     metrics: dict[str, float]
     arrays: dict[str, np.ndarray]
 
+    def responses(self) -> list[list[dict[str, Any]]]:
+        """Each response's token rows (``rows``), in order."""
+        return [self.rows(b) for b in range(self.batch.shape[0])]
+
     def rows(self, b: int) -> list[dict[str, Any]]:
-        """The response tokens of response ``b``, one dict each."""
+        """The response tokens of response ``b``, one dict each; ``key`` ("b-t") names the token
+        on the page."""
         a = self.arrays
         out = []
         for t in np.flatnonzero(a["mask"][b]):
             side = "high" if a["clipped_high"][b, t] else "low" if a["clipped_low"][b, t] else ""
             out.append({
-                "response": b, "position": int(t), "token": self.batch.token(b, int(t)),
+                "key": f"{b}-{int(t)}", "response": b, "position": int(t), "token": self.batch.token(b, int(t)),
                 "entropy": float(a["entropy"][b, t]), "group": int(a["groups"][b, t]),
                 "eps_low": float(a["eps_low"][b, t]), "eps_high": float(a["eps_high"][b, t]),
                 "ratio": float(a["ratio"][b, t]), "advantage": float(a["advantages"][b, t]),

@@ -72,8 +72,7 @@ def token_span(row: dict[str, Any], *, differs: bool = False) -> str:
         classes.append("differs")
     tip = "\n".join(f"{k}: {number(v) if isinstance(v, float) else v}" for k, v in row.items()
                     if k not in ("key", "token"))
-    key = row.get("key", f"{row.get('response', 0)}-{row['position']}")
-    return (f'<span class="{" ".join(classes)}" data-key="{html.escape(key)}" title="{html.escape(tip)}">'
+    return (f'<span class="{" ".join(classes)}" data-key="{html.escape(row["key"])}" title="{html.escape(tip)}">'
             f"{html.escape(shown(row['token']))}</span>")
 
 
@@ -93,8 +92,7 @@ def page(title: str, body: Iterable[str]) -> str:
 def response_block(label: str, rows: list[dict[str, Any]], *, advantage: float | None = None,
                    prompt: str | None = None, differs: set = frozenset()) -> str:
     sign = "" if advantage is None else " positive" if advantage > 0 else " negative" if advantage < 0 else ""
-    spans = "".join(token_span(r, differs=r.get("key", f"{r.get('response', 0)}-{r['position']}") in differs)
-                    for r in rows)
+    spans = "".join(token_span(r, differs=r["key"] in differs) for r in rows)
     head = f'<div class="meta">{html.escape(label)}</div>'
     if prompt:
         head += f'<div class="prompt">{html.escape(prompt)}</div>'
@@ -109,12 +107,11 @@ def token_table(rows: list[dict[str, Any]], columns=COLUMNS, limit: int = 5000) 
     head = "".join(f"<th>{c}</th>" for c in columns)
     lines = []
     for r in rows[:limit]:
-        key = r.get("key", f"{r.get('response', 0)}-{r['position']}")
         cells = "".join(
             f'<td class="text">{html.escape(r[c] or "-")}</td>' if c == "clipped" else
             f'<td class="text">{html.escape(shown(str(r[c])))}</td>' if c == "token" else
             f"<td>{number(r[c]) if isinstance(r[c], float) else r[c]}</td>" for c in columns)
-        lines.append(f'<tr id="row-{html.escape(key)}">{cells}</tr>')
+        lines.append(f'<tr id="row-{html.escape(r["key"])}">{cells}</tr>')
     more = f"<p>({len(rows) - limit} more tokens not shown)</p>" if len(rows) > limit else ""
     return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>{more}'
 
@@ -130,8 +127,8 @@ def explain_page(view, comparison=None) -> str:
     from . import summary_pairs
 
     batch = view.batch
-    B = batch.shape[0]
-    rows = [r for b in range(B) for r in view.rows(b)]
+    responses = view.responses()
+    rows = [r for mine in responses for r in mine]
     differs = set()
     body = [f"<h1>espo-ref explain: {html.escape(batch.source)}</h1>", summary_table(summary_pairs(view, comparison))]
     if comparison is not None:
@@ -139,8 +136,7 @@ def explain_page(view, comparison=None) -> str:
         body.append(comparison_html(comparison))
     body.append("<h2>Responses</h2>")
     body.append(LEGEND)
-    for b in range(B):
-        mine = [r for r in rows if r["response"] == b]
+    for b, mine in enumerate(responses):
         if not mine:
             continue
         adv = mine[0]["advantage"]

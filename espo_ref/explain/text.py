@@ -34,11 +34,11 @@ def render(view, comparison=None, *, rows: int = 40, width: int = 100) -> str:
 
     out = [f"espo-ref explain {view.batch.source}"]
     out += [f"  {k}: {v}" for k, v in summary_pairs(view, comparison)]
-    all_rows = [r for b in range(view.batch.shape[0]) for r in view.rows(b)]
+    responses = view.responses()
+    all_rows = [r for mine in responses for r in mine]
     out.append("")
     out.append(f"responses ({MARKS}):")
-    for b in range(view.batch.shape[0]):
-        mine = [r for r in all_rows if r["response"] == b]
+    for b, mine in enumerate(responses):
         if not mine:
             out.append(f"  {b:>3}  (no response token)")
             continue

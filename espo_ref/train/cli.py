@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._argtypes import boolean, read_json_object
+from .._argtypes import boolean, one_line_errors, read_json_object
 
 # What ``espo-ref demo`` costs, measured (see the README's Train section).
 DEMO_TIME = ("about 3 min on a 2-core CPU (measured 2 min 52 s on an AMD EPYC, torch 2.13 CPU, November "
@@ -187,16 +187,6 @@ def _demo(args: argparse.Namespace) -> int:
     return _guarded("demo", body, verbose=args.verbose)
 
 
-def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
-    """A usage error of this sub-command: one line on stderr, exit 2 (not the whole usage)."""
-
-    def error(message: str):
-        print(f"espo-ref {command}: error: {message} (see espo-ref {command} --help)", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = error
-
-
 def add_parsers(sub) -> None:
     """Add the ``train`` and ``demo`` subcommands to the ``espo-ref`` parser."""
     train = sub.add_parser("train", help="train a policy with ESPO or a baseline (on-policy RLVR)",
@@ -212,7 +202,7 @@ def add_parsers(sub) -> None:
     for flag, field, kind, text in TRAIN_OPTIONS:
         train.add_argument(flag, dest=field, type=kind, default=None, help=text)
     train.set_defaults(handler=_train)
-    _one_line_errors(train, "train")
+    one_line_errors(train, "train")
 
     demo = sub.add_parser("demo", help="train the tiny model with ESPO and GSPO on the templated task (CPU, "
                                        "about 3 min)",
@@ -228,5 +218,5 @@ def add_parsers(sub) -> None:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("-v", "--verbose", action="store_true", help="tracebacks with the error messages")
     demo.set_defaults(handler=_demo)
-    _one_line_errors(demo, "demo")
+    one_line_errors(demo, "demo")
 
