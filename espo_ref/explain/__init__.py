@@ -135,7 +135,8 @@ def load_batch(path) -> Batch:
 
 
 def save_batch(path, inputs: dict[str, np.ndarray], config: dict, *, tokens=None, logged: dict | None = None) -> None:
-    """Write a batch as ``.npz`` (atomically) in the layout :func:`load_batch` reads."""
+    """[CONF-CASES] Write a batch as ``.npz`` (atomically) in the layout :func:`load_batch` reads (that
+    of ``espo-ref conform --dump``)."""
     arrays = {f"inputs.{k}": np.asarray(v) for k, v in inputs.items()}
     arrays["config_json"] = np.str_(json.dumps(config))
     if logged:

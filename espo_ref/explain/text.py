@@ -30,6 +30,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def render(view, comparison=None, *, rows: int = 40, width: int = 100) -> str:
+    """[ESPO-OBJ] The terminal text: summary, responses with groups and clips marked, ``rows`` token
+    rows, and the comparison's differences [CONF-MISREADINGS]."""
     from . import summary_pairs
 
     out = [f"espo-ref explain {view.batch.source}"]

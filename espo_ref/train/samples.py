@@ -32,8 +32,8 @@ TOKEN_VIEW = "token_view.html"
 
 
 def wants_samples(config, step: int) -> bool:
-    """Whether ``step`` writes samples: ESPO runs, every ``samples_every`` steps, the first and
-    the last step (``samples_every`` 0: never)."""
+    """[ESPO-GROUP] Whether ``step`` writes samples: ESPO runs, every ``samples_every`` steps, the
+    first and the last step (``samples_every`` 0: never)."""
     if config.algo != "espo" or not config.samples_every:
         return False
     return step == 1 or step == config.steps or step % config.samples_every == 0
@@ -56,7 +56,8 @@ def response_tokens(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -
 
 def write_samples(out_dir, step: int, *, prompts: list[str], rewards, tokens: list[list[str]], inputs: dict,
                   result, loss_config, logged: dict[str, Any], kept: int) -> list[dict]:
-    """Write the step's batch (``batches/``) and its first ``kept`` responses' records; returns
+    """[ESPO-GROUP] [ESPO-CLIPMASK] Write the step's batch (``batches/``) and its first ``kept``
+    responses' records (groups, eps, clip sides); returns
     the records (appended to rollouts.jsonl by the caller's SampleLog)."""
     arrays = {name: _host(value) for name, value in inputs.items()}
     save_batch(batch_path(out_dir, step), arrays, loss_config.to_dict(), tokens=tokens, logged=logged)
@@ -100,7 +101,7 @@ def high_group_share(records: list[dict], predicate) -> tuple[int, int]:
 
 
 def write_token_view(out_dir, title: str) -> Path | None:
-    """``token_view.html``: the first and the last sampled step of the run (None: no samples)."""
+    """[ESPO-GROUP] ``token_view.html``: the first and the last sampled step of the run (None: no samples)."""
     records = read_metrics(Path(out_dir) / SAMPLES_FILE)
     if not records:
         return None
