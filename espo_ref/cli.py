@@ -9,12 +9,19 @@ from ._argtypes import boolean, one_line_errors
 
 
 def _conform(args: argparse.Namespace) -> int:
-    """[CONF-EXIT] Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass), 2 a usage
-    or setup error (one line on stderr; -v adds the traceback). The JSON report is written in
-    every case."""
-    from .conformance.runner import (SetupError, check_output_path, format_report, read_xfail_file,
-                                     run_conformance, write_junit, write_report)
+    """[CONF-EXIT] Exit 0 conformant, 1 not conformant (a failure, an error of a case, an xpass, no
+    case passed), 2 a usage or setup error (one line on stderr; -v adds the traceback), 128 + N
+    when signal N (SIGINT, SIGTERM) stopped the run. The JSON report and the JUnit file are
+    written on every one of these paths."""
+    import signal
 
+    from .conformance.runner import (RunInterrupted, SetupError, Terminated, check_output_path, format_report,
+                                     read_xfail_file, run_conformance, write_junit, write_report)
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     report = None
     try:
         for option in ("report", "junit"):
@@ -24,6 +31,8 @@ def _conform(args: argparse.Namespace) -> int:
             return _dump(args)
         if not args.impl:
             raise SetupError("--impl is required (package.module:callable), unless --dump is given")
+        if args.property < 0:
+            raise SetupError(f"--property must be >= 0, got {args.property}")
         fields = None
         if args.fields:
             fields = [f.strip() for f in args.fields.split(",") if f.strip()]
@@ -33,30 +42,57 @@ def _conform(args: argparse.Namespace) -> int:
                                  profile=args.profile, fields=fields, properties=args.property,
                                  timeout=args.timeout, isolate=not args.no_isolation)
     except SetupError as exc:
-        message = str(exc)
-        print(f"espo-ref conform: {message}", file=sys.stderr)
-        if args.verbose:
-            import traceback
-
-            traceback.print_exc()
-        for option, write in (("report", lambda path: write_report(
-                None, path, {"error": message, "conformant": False, "counts": {}, "cases": []})),
-                              ("junit", lambda path: write_junit(None, path, error=message))):
-            path = getattr(args, option)
-            try:
-                if path:
-                    check_output_path(path, f"--{option}")
-                    write(path)
-            except (SetupError, OSError):
-                pass  # the error above already says what is wrong with this path
-        return 2
+        return _conform_stopped(args, f"{exc}", 2)
+    except RunInterrupted as exc:
+        print(format_report(exc.report, verbose=args.verbose))
+        _write_conform_files(args, exc.report, None)
+        return 128 + (signal.SIGTERM if exc.signame == "SIGTERM" else signal.SIGINT)
+    except (KeyboardInterrupt, Terminated) as exc:  # before the run started
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        _conform_stopped(args, f"interrupted by {signal.Signals(signum).name}", None)
+        return 128 + signum
+    except Exception as exc:  # noqa: BLE001 - our own bug: one line, the files still written
+        _conform_stopped(args, f"internal error: {type(exc).__name__}: {exc}", None)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_report(report, verbose=args.verbose))
+    _write_conform_files(args, report, None)
     if args.report:
-        write_report(report, args.report)
         print(f"report written to {args.report}")
-    if args.junit:
-        write_junit(report, args.junit)
     return 0 if report.conformant else 1
+
+
+def _conform_stopped(args: argparse.Namespace, message: str, code):
+    """A run that produced no report: the one-line message, then the report and JUnit files saying so."""
+    print(f"espo-ref conform: {message}", file=sys.stderr)
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    _write_conform_files(args, None, message)
+    return code
+
+
+def _write_conform_files(args: argparse.Namespace, report, error: str | None) -> None:
+    """--report and --junit, whatever happened; a path that cannot be written is said on stderr once."""
+    from .conformance.runner import SetupError, check_output_path, write_junit, write_report
+
+    writers = {
+        "report": lambda path: write_report(report, path, None if report is not None else
+                                            {"error": error, "conformant": False, "counts": {}, "cases": []}),
+        "junit": lambda path: write_junit(report, path, error=error if report is None else report.error),
+    }
+    for option, write in writers.items():
+        path = getattr(args, option, None)
+        if not path:
+            continue
+        try:
+            check_output_path(path, f"--{option}")
+            write(path)
+        except (SetupError, OSError) as exc:
+            if error is None or f"--{option}" not in error:  # else the one line said it already
+                print(f"espo-ref conform: --{option} {path}: not written ({exc})", file=sys.stderr)
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -169,7 +205,8 @@ def _explain(args: argparse.Namespace) -> int:
         view = token_view(batch, espo_config_of(batch, overrides))
         comparison = None
         if args.impl:
-            comparison = compare(view, args.impl, adapter=args.adapter, backend=args.backend, device=args.device)
+            comparison = compare(view, args.impl, adapter=args.adapter, backend=args.backend, device=args.device,
+                                 timeout=args.timeout, isolate=not args.no_isolation)
     except (SetupError, ESPOInputError) as exc:
         print(f"espo-ref explain: {exc}", file=sys.stderr)
         if args.verbose:
@@ -215,9 +252,12 @@ def main(argv=None) -> int:
                          help="compare only these outputs (comma-separated, e.g. loss); loss cases compare loss "
                               "and grad and every field the adapter provides unless narrowed")
     conform.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                         help="per-case limit; a case that hangs longer is an error (default 60)")
+                         help="limit for importing the implementation and for each case; a case that takes "
+                              "longer is an error (default 60)")
     conform.add_argument("--no-isolation", action="store_true",
-                         help="call the implementation in this process (no timeout, no protection from sys.exit)")
+                         help="for debugging: call the implementation in this process. Its verdict is NOT "
+                              "protected (the implementation can read and patch what it is compared against); "
+                              "no timeout, no protection from sys.exit")
     conform.add_argument("--report", default=None, help="write a JSON report here (also on errors)")
     conform.add_argument("--junit", default=None, help="write JUnit XML here")
     conform.add_argument("--property", type=int, default=0, metavar="N",
@@ -242,6 +282,10 @@ def main(argv=None) -> int:
     explain.add_argument("--adapter", default="native", help="how to call --impl (as in espo-ref conform)")
     explain.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
     explain.add_argument("--device", default="cpu", help="torch device for --impl")
+    explain.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="limit for importing --impl and for its call (default 60)")
+    explain.add_argument("--no-isolation", action="store_true",
+                         help="for debugging: call --impl in this process; its verdict is then NOT protected")
     explain.add_argument("--html", default=None, help="page to write (default: BATCH with .explain.html)")
     explain.add_argument("--force", action="store_true", help="overwrite an existing page")
     explain.add_argument("--rows", type=int, default=40, help="token rows in the terminal table (default 40)")

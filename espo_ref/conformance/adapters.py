@@ -176,16 +176,24 @@ class Adapter:
 
     @classmethod
     def scalar(cls, loss) -> float:
-        """The loss as a float; BadResult when it is not one number."""
+        """The loss as a float; BadResult when it is not one number of shape () (a tensor of
+        shape [1] is not a scalar: a trainer calling .backward() on it would need a grad_outputs)."""
         if loss is None:
             raise BadResult("the implementation returned None where a loss was expected")
         try:
             arr = cls.numpy(loss)
-            if arr.size != 1:
-                raise BadResult(f"the loss has shape {tuple(arr.shape)}, not a single number")
-            return float(arr.reshape(()))
-        except (TypeError, ValueError) as exc:
-            raise BadResult(f"the loss is not a number: {type(loss).__name__} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is not a number
+            raise BadResult(f"the loss is not a number: {type(loss).__name__} ({type(exc).__name__}: {exc})") from None
+        if arr.shape != ():
+            raise BadResult(f"the loss has shape {tuple(arr.shape)}, not () (one number)")
+        if arr.dtype.kind not in "fiu":
+            raise BadResult(f"the loss is a {type(loss).__name__} of dtype {arr.dtype}, not a number")
+        return float(arr)
+
+    def call_order(self, case: GoldenCase) -> tuple[str, ...]:
+        """The order in which the case's inputs are passed: the function's, unless the runner
+        probes another calling convention ([CONF-CALL])."""
+        return getattr(case, "call_order", None) or self.function.inputs
 
     def grad(self, loss, logp) -> np.ndarray:
         """d loss / d logp by autograd (a backward pass through the implementation's graph)."""
@@ -222,7 +230,7 @@ class NativeAdapter(Adapter):
         spec = self.function
         config = self.config(case)
         inputs = self.tensors(case) if self.backend == "torch" else self.arrays(case)
-        args = [inputs[name] for name in spec.inputs]
+        args = [inputs[name] for name in self.call_order(case)]
         if not spec.is_loss:
             if config is not None:
                 args.append(config)
@@ -253,6 +261,6 @@ class TorchLossAdapter(Adapter):
     def run(self, case: GoldenCase) -> dict[str, Any]:
         spec = self.function
         inputs = self.tensors(case)
-        out = self.impl(*[inputs[name] for name in spec.inputs], self.config(case))
+        out = self.impl(*[inputs[name] for name in self.call_order(case)], self.config(case))
         loss = getattr(out, "loss", out)
         return {"loss": self.scalar(loss), "grad": self.grad(loss, inputs["logp"])}

@@ -58,17 +58,45 @@ def encode(x, dtype: str | None = None) -> dict:
     raise TypeError(f"cannot encode an array of dtype {arr.dtype}")
 
 
-def decode(obj: dict) -> np.ndarray:
-    """The float64 / int64 / bool numpy array of an encoded array (bfloat16 as float64)."""
-    dtype, shape, data = obj["dtype"], tuple(obj["shape"]), obj["data"]
+def decode(obj, max_elements: int | None = None) -> np.ndarray:
+    """The float64 / int64 / bool numpy array of an encoded array (bfloat16 as float64).
+
+    Checked before anything is allocated: the keys, the dtype, a shape of non-negative ints
+    whose product (at most ``max_elements``) is the length of ``data``, and the type of every
+    element (bool for bool, int for int64, a number or a non-finite string for floats).
+    ValueError names what is wrong."""
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"an encoded array has the keys dtype, shape and data; got {keys}")
+    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 8:
+        raise ValueError(f"shape must be a list of at most 8 non-negative ints, got {shape!r}"[:200])
+    size = math.prod(shape)
+    if max_elements is not None and size > max_elements:
+        raise ValueError(f"shape {shape} has {size} elements, more than the limit {max_elements}")
+    if not isinstance(data, list) or len(data) != size:
+        n = len(data) if isinstance(data, list) else type(data).__name__
+        raise ValueError(f"data must be a list of {size} elements for shape {shape}, got {n}")
     if dtype == "bool":
+        if not all(type(v) is bool for v in data):
+            raise ValueError("bool data holds a value that is not true or false")
         return np.array(data, dtype=bool).reshape(shape)
     if dtype == "int64":
+        if not all(type(v) is int and -(2**63) <= v < 2**63 for v in data):
+            raise ValueError("int64 data holds a value that is not an int64")
         return np.array(data, dtype=np.int64).reshape(shape)
     if dtype in FLOAT_DTYPES:
-        values = [_NONFINITE[v] if isinstance(v, str) else v for v in data]
-        return np.array(values, dtype=np.float64).reshape(shape)
-    raise ValueError(f"unknown encoded dtype {dtype!r}")
+        try:
+            values = [_NONFINITE[v] if isinstance(v, str) else v for v in data]
+        except KeyError as exc:
+            raise ValueError(f"{dtype} data holds the string {exc.args[0]!r}"[:200]) from None
+        if not all(type(v) in (float, int) for v in values):
+            raise ValueError(f"{dtype} data holds a value that is not a number")
+        try:
+            return np.array(values, dtype=np.float64).reshape(shape)
+        except OverflowError:
+            raise ValueError(f"{dtype} data holds an int too large for a float64") from None
+    raise ValueError(f"unknown encoded dtype {dtype!r}"[:200])
 
 
 def canonical_json(obj: Any) -> str:

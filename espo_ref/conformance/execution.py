@@ -1,25 +1,30 @@
 """[CONF-ISOLATION] How the runner calls an implementation: in this process, or in a worker process.
 
-In a worker (the command line's default) a ``sys.exit``, a hang, a crash or an out-of-memory
-kill inside the implementation ends that case as an ERROR, never the run: the parent waits at
-most ``timeout`` seconds per case, then kills the worker and starts a fresh one for the next
-case. The parent compares; the worker only calls (its outputs travel as JSON over a pipe).
+In a worker (the command line's default) a ``sys.exit``, a hang, a crash, an out-of-memory kill,
+a forked child or a malformed reply ends that case as an ERROR, never the run: the parent waits
+at most ``timeout`` seconds for the import and for each case, then kills the worker and every
+process it started, and starts a fresh one for the next case. The worker is told a case's
+inputs and config only; the expected outputs, the comparison and the verdict stay in the parent
+(specs/conformance.md, "Threat model").
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import json
 import os
-import queue
+import select
 import signal
 import struct
 import subprocess
 import sys
-import threading
+import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,7 +33,7 @@ from .._device import torch_device
 from ..errors import ESPOInputError
 from .adapters import ADAPTERS, BadResult, ImplementationExited, ImplementationRaised, TrackedImpl
 from .arrays import decode, encode
-from .functions import FUNCTIONS
+from .functions import FIELD_ORDER, FUNCTIONS
 from .golden import GoldenCase
 
 
@@ -54,7 +59,8 @@ class Outcome:
 
     kind: "outputs" (``outputs`` holds them), "raised" (the implementation raised),
     "bad_result" (it returned something unusable), "exited" (it called sys.exit),
-    "timeout", "died" (the worker process ended), or "harness" (the adapter or runner failed).
+    "timeout", "died" (the worker process ended), "protocol" (the worker's reply was malformed),
+    "leftover" (the implementation left processes running), or "harness" (the adapter or runner failed).
     """
 
     kind: str
@@ -67,10 +73,6 @@ class Outcome:
         return {"kind": self.kind, "outputs": _encode_outputs(self.outputs), "error_type": self.error_type,
                 "message": self.message, "traceback": self.traceback}
 
-    @classmethod
-    def from_json(cls, obj: dict) -> "Outcome":
-        return cls(obj["kind"], _decode_outputs(obj["outputs"]), obj["error_type"], obj["message"], obj["traceback"])
-
 
 def _encode_outputs(outputs: dict) -> dict:
     out = {}
@@ -79,16 +81,6 @@ def _encode_outputs(outputs: dict) -> dict:
             out[name] = {k: encode(np.asarray(v, dtype=np.float64)) for k, v in value.items()}
         else:
             out[name] = encode(value)
-    return out
-
-
-def _decode_outputs(obj: dict) -> dict:
-    out: dict[str, Any] = {}
-    for name, value in obj.items():
-        if name == "metrics":
-            out[name] = {k: float(decode(v)) for k, v in value.items()}
-        else:
-            out[name] = decode(value)
     return out
 
 
@@ -134,6 +126,8 @@ def load_object(spec: str, what: str = "--impl") -> Any:
     if not isinstance(spec, str) or ":" not in spec:
         raise SetupError(f"{what} must look like package.module:callable, got {spec!r}")
     module_name, attr = spec.split(":", 1)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the current folder, as `python -m` has it (conform and explain alike)
     try:
         obj: Any = importlib.import_module(module_name)
     except SystemExit as exc:
@@ -165,10 +159,21 @@ def import_path(fn: Callable) -> str | None:
 
 
 def detect_backend(fn: Callable) -> str:
-    """"torch" when the implementation's module imports torch, else "numpy"."""
+    """"torch" when the implementation's module imports torch, or the function's own code does
+    (``import torch`` inside it), else "numpy"."""
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     names = vars(module).values() if module is not None else ()
-    return "torch" if any(getattr(v, "__name__", None) == "torch" for v in names) else "numpy"
+    if any(getattr(v, "__name__", None) == "torch" for v in names):
+        return "torch"
+    target = getattr(fn, "__func__", fn)
+    code = getattr(getattr(target, "fn", target), "__code__", None)
+    return "torch" if code is not None and _names_torch(code) else "numpy"
+
+
+def _names_torch(code, depth: int = 0) -> bool:
+    if any(n == "torch" or n.startswith("torch.") for n in code.co_names):
+        return True
+    return depth < 4 and any(_names_torch(c, depth + 1) for c in code.co_consts if hasattr(c, "co_names"))
 
 
 def check_device(device: str) -> None:
@@ -280,17 +285,38 @@ class InProcessExecutor:
 
 
 # --- the worker process -------------------------------------------------------------------
+#
+# Three processes: the runner (this module's WorkerExecutor: the cases, the answers, the
+# verdict), a guard (_guard.py: standard library only, kills what the worker leaves behind)
+# and the worker (worker_main: imports the implementation and calls it on questions).
+# The worker gets a question (inputs, config, dtype), never an answer; every wait of the
+# runner has a deadline and none depends on a pipe being closed by a child.
 
 _HEADER = struct.Struct(">I")
+MAX_FRAME = 256 * 2**20  # bytes of one message; a longer one is the implementation's fault
+MAX_ELEMENTS = 2**25  # elements of one returned array
+KILL_WAIT = 10.0  # seconds the guard gets to kill and reap everything
+OUTCOME_KINDS = ("outputs", "raised", "bad_result", "exited", "harness")  # what a worker may report
+GUARD = Path(__file__).resolve().with_name("_guard.py")
+
+
+class ProtocolError(Exception):
+    """A message from the worker that is not what the protocol allows."""
+
+
+def _frame(obj) -> bytes:
+    data = json.dumps(obj, allow_nan=False).encode()
+    return _HEADER.pack(len(data)) + data
 
 
 def _send(stream, obj) -> None:
-    data = json.dumps(obj, allow_nan=False).encode()
-    stream.write(_HEADER.pack(len(data)) + data)
+    """Worker side: one message on a blocking stream."""
+    stream.write(_frame(obj))
     stream.flush()
 
 
 def _recv(stream):
+    """Worker side: one message from a blocking stream; None at its end."""
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
@@ -301,117 +327,406 @@ def _recv(stream):
     return json.loads(data)
 
 
+def _str(value, what: str, max_len: int = 1 << 16) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} is a {type(value).__name__}, not a string")
+    return value[:max_len]
+
+
+def outcome_from_reply(reply, case_number: int) -> Outcome:
+    """[CONF-ISOLATION] The worker's reply to question ``case_number``, checked field by field
+    (ProtocolError names what is wrong): the parent never trusts the shape of a message."""
+    if not isinstance(reply, dict) or set(reply) != {"id", "outcome"}:
+        raise ProtocolError(f"a reply has the keys id and outcome; got {_keys(reply)}")
+    if reply["id"] != case_number:
+        raise ProtocolError(f"a reply to question {reply['id']!r} came while question {case_number} was asked")
+    obj = reply["outcome"]
+    if not isinstance(obj, dict) or set(obj) != {"kind", "outputs", "error_type", "message", "traceback"}:
+        raise ProtocolError(f"an outcome has the keys kind, outputs, error_type, message, traceback; got {_keys(obj)}")
+    kind = obj["kind"]
+    if kind not in OUTCOME_KINDS:
+        raise ProtocolError(f"outcome kind {str(kind)[:50]!r} is not one of {', '.join(OUTCOME_KINDS)}")
+    outputs = obj["outputs"]
+    if not isinstance(outputs, dict) or (kind != "outputs" and outputs):
+        raise ProtocolError("outputs must be a dict (empty unless kind is outputs)")
+    allowed = set(FIELD_ORDER)
+    decoded: dict[str, Any] = {}
+    for name, value in outputs.items():
+        if name not in allowed:
+            raise ProtocolError(f"output {str(name)[:50]!r} is not one of {', '.join(FIELD_ORDER)}")
+        try:
+            if name == "metrics":
+                if not isinstance(value, dict) or len(value) > 1000:
+                    raise ValueError("metrics must be a dict of at most 1000 encoded numbers")
+                metrics = {}
+                for key, item in value.items():
+                    arr = decode(item, MAX_ELEMENTS)
+                    if arr.size != 1 or arr.dtype.kind != "f":
+                        raise ValueError(f"metrics[{str(key)[:50]!r}] is not one float")
+                    metrics[_str(key, "a metric's name", 200)] = float(arr.reshape(()))
+                decoded[name] = metrics
+            else:
+                decoded[name] = decode(value, MAX_ELEMENTS)
+        except (ValueError, ProtocolError) as exc:
+            raise ProtocolError(f"output {name}: {exc}") from None
+    return Outcome(kind, decoded, _str(obj["error_type"], "error_type", 200), _str(obj["message"], "message"),
+                   _str(obj["traceback"], "traceback"))
+
+
+def _keys(obj) -> str:
+    return str(sorted(map(str, obj))[:10]) if isinstance(obj, dict) else f"a {type(obj).__name__}"
+
+
+def check_info(info, target: Target) -> dict:
+    """The worker's description of what it resolved, checked (the function asked for must be the one run)."""
+    want = {"function": str, "adapter": str, "backend": str, "provides": (list, type(None)),
+            "known_differences": (str, type(None)), "impl_version": (str, type(None))}
+    if not isinstance(info, dict) or set(info) != set(want):
+        raise ProtocolError(f"the worker's info has the keys {', '.join(want)}; got {_keys(info)}")
+    for key, kind in want.items():
+        if not isinstance(info[key], kind):
+            raise ProtocolError(f"the worker's info {key} is a {type(info[key]).__name__}")
+    if info["function"] not in FUNCTIONS or (target.function is not None and info["function"] != target.function):
+        raise ProtocolError(f"the worker resolved function {info['function'][:50]!r}, not {target.function!r}")
+    if info["backend"] not in ("numpy", "torch"):
+        raise ProtocolError(f"the worker chose backend {info['backend'][:50]!r}")
+    if info["provides"] is not None and not all(isinstance(f, str) for f in info["provides"]):
+        raise ProtocolError("the worker's info provides is not a list of names")
+    return info
+
+
 def _child_env() -> dict[str, str]:
-    """The parent's import path, so the worker imports what the parent could."""
+    """The parent's import path and folder, so the worker imports what the parent could."""
     env = dict(os.environ)
-    paths = [p or os.getcwd() for p in sys.path]
+    paths = [p or os.getcwd() for p in [os.getcwd()] + sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
+_LIVE: "weakref.WeakSet[WorkerExecutor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_workers() -> None:
+    for executor in list(_LIVE):
+        executor.close()
+
+
 class WorkerExecutor:
-    """[CONF-ISOLATION] Calls the implementation in a worker process, at most ``timeout`` seconds per case."""
+    """[CONF-ISOLATION] Calls the implementation in a worker process, at most ``timeout`` seconds per
+    case and for the import; kills the worker and everything it started after a timeout, a death,
+    a malformed reply, and at close (also at interpreter exit)."""
 
     isolated = True
-    SETUP_TIMEOUT = 600.0  # importing torch and a user's package can take a while
 
     def __init__(self, target: Target, timeout: float = 60.0):
         self.target = target
         self.timeout = float(timeout)
-        self.proc: subprocess.Popen | None = None
         self.info: dict = {}
+        self.questions = 0
+        self._running = False
         self._start()
 
+    # the processes -------------------------------------------------------------------------
+
     def _start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "espo_ref.conformance.worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=_child_env(), start_new_session=True)
-        self.replies: queue.Queue = queue.Queue()
-        stdout = self.proc.stdout
-
-        def read():
-            while True:
-                try:
-                    msg = _recv(stdout)
-                except Exception:  # noqa: BLE001 - a torn frame ends the stream
-                    msg = None
-                self.replies.put(msg)
-                if msg is None:
-                    return
-
-        threading.Thread(target=read, daemon=True).start()
-        _send(self.proc.stdin, {"setup": self.target.__dict__})
-        reply = self._wait(self.SETUP_TIMEOUT)
-        if reply is None or "setup_error" in reply:
-            self._kill()
-            if reply is None:
-                raise SetupError(f"--impl {self.target.impl}: the worker process ended while importing "
-                                 f"it (exit status {self.proc.returncode})")
-            raise SetupError(reply["setup_error"])
-        self.info = reply["info"]
-
-    def _wait(self, timeout: float):
+        q_r, q_w = os.pipe()  # questions: runner -> worker
+        a_r, a_w = os.pipe()  # answers: worker -> runner
+        c_r, c_w = os.pipe()  # control: runner -> guard
+        s_r, s_w = os.pipe()  # status: guard -> runner
+        worker = [sys.executable, "-m", "espo_ref.conformance.worker", str(q_r), str(a_w)]
         try:
-            return self.replies.get(timeout=timeout)
-        except queue.Empty:
-            return "timeout"
+            self.guard = subprocess.Popen(
+                [sys.executable, "-I", str(GUARD), str(c_r), str(s_w), f"{q_r},{a_w}", "--", *worker],
+                pass_fds=(q_r, a_w, c_r, s_w), stdin=subprocess.DEVNULL, env=_child_env(),
+                start_new_session=True)
+        finally:
+            for fd in (q_r, a_w, c_r, s_w):
+                os.close(fd)
+        self.q_w, self.a_r, self.c_w, self.s_r = q_w, a_r, c_w, s_r
+        for fd in (q_w, a_r, s_r):
+            os.set_blocking(fd, False)
+        self.answers = bytearray()
+        self.status = bytearray()
+        self.worker_pid: int | None = None
+        self.worker_code: int | None = None
+        self._running = True
+        _LIVE.add(self)
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._write(_frame({"setup": self.target.__dict__}), deadline)
+            reply = self._read(deadline)
+        except _Gone as gone:
+            self._stop()
+            raise SetupError(f"--impl {self.target.impl}: the worker process ended while importing it "
+                             f"({gone.how})") from None
+        except _Late:
+            self._stop()
+            raise SetupError(f"--impl {self.target.impl}: importing it took longer than {self.timeout:g} s "
+                             "(--timeout); the worker was killed") from None
+        except ProtocolError as exc:
+            self._stop()
+            raise SetupError(f"--impl {self.target.impl}: the worker's first message is malformed: {exc}") from None
+        if isinstance(reply, dict) and set(reply) == {"setup_error"} and isinstance(reply["setup_error"], str):
+            self._stop()
+            raise SetupError(reply["setup_error"][:2000])
+        try:
+            self.info = check_info(reply.get("info") if isinstance(reply, dict) and set(reply) == {"info"}
+                                   else reply, self.target)
+        except ProtocolError as exc:
+            self._stop()
+            raise SetupError(f"--impl {self.target.impl}: {exc}") from None
 
-    def _kill(self) -> None:
-        if self.proc is None:
+    def _stop(self) -> None:
+        """Kill the worker and every process it left (through the guard), reap the guard, close the pipes."""
+        if not self._running:
             return
-        if self.proc.poll() is None:
+        self._running = False
+        _LIVE.discard(self)
+        try:
+            os.write(self.c_w, b"kill")
+        except OSError:
+            pass
+        deadline = time.monotonic() + KILL_WAIT
+        try:
+            while self.worker_code is None:
+                self._poll_status(deadline)
+        except (_Late, _Gone):
+            pass
+        if self.guard.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+                self.guard.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        if self.guard.poll() is None or self.worker_code is None:
+            # the guard was killed or hangs: kill what can still be named
+            for pgid in (self.worker_pid, self.guard.pid):
+                if pgid:
+                    try:
+                        os.killpg(pgid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            self.guard.wait()
+        for fd in (self.q_w, self.a_r, self.c_w, self.s_r):
             try:
-                stream.close()
+                os.close(fd)
             except OSError:
                 pass
 
-    def run(self, case: GoldenCase) -> Outcome:
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
+    # pipes with deadlines ------------------------------------------------------------------
+
+    def _poll_status(self, deadline: float) -> None:
+        """Wait for a line from the guard (pid, exit) until ``deadline``."""
+        self._select([self.s_r], deadline)
+        self._drain_status()
+
+    def _drain_status(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.s_r, 4096)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if self.worker_code is None:
+                    self.worker_code = -signal.SIGKILL  # the guard itself is gone
+                break
+            self.status += chunk
+        *lines, rest = bytes(self.status).split(b"\n")
+        self.status = bytearray(rest)
+        for line in lines:
+            word, _, value = line.decode("ascii", "replace").partition(" ")
+            if word == "pid" and value.strip().isdigit():
+                self.worker_pid = int(value)
+            elif word == "exit":
+                try:
+                    self.worker_code = int(value)
+                except ValueError:
+                    self.worker_code = -signal.SIGKILL
+
+    @staticmethod
+    def _select(read: list[int], deadline: float, write: tuple[int, ...] = ()) -> list[int]:
+        """The descriptors ready (readable among ``read``, writable among ``write``); _Late after ``deadline``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Late()
+        ready_read, ready_write, _ = select.select(read, list(write), [], left)
+        return ready_read + ready_write
+
+    def _gone(self) -> "_Gone":
+        code = self.worker_code
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return _Gone(how)
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            self._drain_status()
+            if self.worker_code is not None:
+                raise self._gone()
+            if self.q_w not in self._select([self.s_r], deadline, write=(self.q_w,)):
+                continue  # the guard spoke (the worker may have ended): checked above
+            try:
+                n = os.write(self.q_w, view)
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, OSError):
+                self._poll_until_exit(deadline)
+                raise self._gone()
+            view = view[n:]
+
+    def _poll_until_exit(self, deadline: float) -> None:
         try:
-            _send(self.proc.stdin, {"case": case.to_json()})
-        except (BrokenPipeError, OSError):
-            reply = None
-        else:
-            reply = self._wait(self.timeout)
-        if reply == "timeout":
-            self._kill()
-            self.proc = None
+            while self.worker_code is None:
+                self._poll_status(min(deadline, time.monotonic() + KILL_WAIT))
+        except _Late:
+            pass
+
+    def _read(self, deadline: float):
+        """One message from the worker: within ``deadline``; _Gone when the worker ended first."""
+        while True:
+            message = self._take_frame()
+            if message is not None:
+                return message
+            if self.worker_code is not None:
+                self._read_available()  # a reply written just before the exit
+                message = self._take_frame()
+                if message is not None:
+                    return message
+                raise self._gone()
+            ready = self._select([self.a_r, self.s_r], deadline)
+            if self.a_r in ready:
+                self._read_available()
+            if self.s_r in ready:
+                self._drain_status()
+
+    def _read_available(self) -> None:
+        while len(self.answers) <= MAX_FRAME + _HEADER.size:
+            try:
+                chunk = os.read(self.a_r, 1 << 20)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self.answers += chunk
+
+    def _take_frame(self):
+        if len(self.answers) < _HEADER.size:
+            return None
+        (n,) = _HEADER.unpack(self.answers[:_HEADER.size])
+        if n > MAX_FRAME:
+            raise ProtocolError(f"a message of {n} bytes (the limit is {MAX_FRAME})")
+        if len(self.answers) < _HEADER.size + n:
+            return None
+        data = bytes(self.answers[_HEADER.size:_HEADER.size + n])
+        del self.answers[:_HEADER.size + n]
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"a message that is not JSON ({type(exc).__name__})") from None
+
+    # the calls -----------------------------------------------------------------------------
+
+    def run(self, case: GoldenCase) -> Outcome:
+        """One case: its question to the worker, the worker's checked reply as an Outcome."""
+        if not self._running:
+            self._start()
+        self.questions += 1
+        number = self.questions
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._write(_frame({"id": number, "case": question(case)}), deadline)
+            outcome = outcome_from_reply(self._read(deadline), number)
+            left = self._leftovers()
+            if left:
+                self._stop()
+                return Outcome("leftover", error_type="LeftoverProcess",
+                               message=f"the implementation left {len(left)} process(es) running after the call "
+                                       f"(pid {', '.join(map(str, left[:5]))}); they and the worker were killed")
+            return outcome
+        except _Late:
+            self._stop()
             return Outcome("timeout", error_type="Timeout",
-                           message=f"no answer within {self.timeout:g} s (--timeout); the worker was killed")
-        if reply is None:
-            code = self.proc.wait()
-            self.proc = None
-            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                           message=f"no answer within {self.timeout:g} s (--timeout); the worker and every "
+                                   "process it started were killed")
+        except _Gone as gone:
+            self._stop()
             return Outcome("died", error_type="WorkerDied",
-                           message=f"the worker process ended during the call ({how}): a crash, an "
+                           message=f"the worker process ended during the call ({gone.how}): a crash, an "
                                    "out-of-memory kill or os._exit in the implementation")
-        return Outcome.from_json(reply["outcome"])
+        except ProtocolError as exc:
+            self._stop()
+            return Outcome("protocol", error_type="ProtocolError",
+                           message=f"the worker's reply is malformed: {exc}; the worker was killed")
+
+    def _leftovers(self) -> list[int]:
+        """The processes the implementation started and left: children of the worker, and orphans
+        the guard adopted (Linux; elsewhere they are killed with the worker's group at close)."""
+        if self.worker_pid is None or not sys.platform.startswith("linux"):
+            return []
+        from ._guard import children
+
+        return children(self.worker_pid) + [p for p in children(self.guard.pid) if p != self.worker_pid]
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self._running:
             try:
-                _send(self.proc.stdin, {"stop": True})
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+                self._write(_frame({"stop": True}), time.monotonic() + 1.0)
+            except (_Late, _Gone):
                 pass
-        self._kill()
-        self.proc = None
+        self._stop()
 
 
-def worker_main() -> int:
-    """The worker: protocol frames on the original stdout; the implementation's own prints
-    go to stderr so they cannot corrupt the protocol."""
-    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
+class _Late(Exception):
+    """A deadline passed."""
+
+
+class _Gone(Exception):
+    """The worker ended (``how``: its exit status or signal)."""
+
+    def __init__(self, how: str):
+        super().__init__(how)
+        self.how = how
+
+
+@dataclass
+class ProbeCase(GoldenCase):
+    """A case called with its inputs in another order (a calling-convention probe, [CONF-CALL])."""
+
+    call_order: tuple[str, ...] | None = None
+
+
+def question(case: GoldenCase) -> dict:
+    """[CONF-ISOLATION] What the worker is told of a case: its function, dtype, config, keyword
+    arguments, inputs and (for a calling-convention probe) the order of the inputs. Never the
+    case id, clauses or expected outputs."""
+    out = {"function": case.function, "dtype": case.dtype, "config": case.config, "kwargs": case.kwargs,
+           "inputs": {k: encode(v, case.dtype if v.dtype.kind == "f" else None) for k, v in case.inputs.items()}}
+    order = getattr(case, "call_order", None)
+    if order is not None:
+        out["call_order"] = list(order)
+    return out
+
+
+def case_of_question(obj: dict) -> GoldenCase:
+    return ProbeCase("question", obj["function"], [], obj["dtype"], {k: decode(v) for k, v in obj["inputs"].items()},
+                     obj["config"], dict(obj["kwargs"]), {}, "question",
+                     call_order=tuple(obj["call_order"]) if "call_order" in obj else None)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """The worker: questions on one descriptor, answers on another (both named in argv); the
+    implementation's own prints go to stderr and its stdin is empty, so it cannot touch the protocol
+    by accident."""
+    argv = sys.argv[1:] if argv is None else argv
+    proto_in = os.fdopen(int(argv[0]), "rb")
+    proto_out = os.fdopen(int(argv[1]), "wb", buffering=0)
     os.dup2(2, 1)
-    proto_in = sys.stdin.buffer
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     adapter = None
     while True:
         msg = _recv(proto_in)
@@ -428,9 +743,9 @@ def worker_main() -> int:
                 _send(proto_out, {"setup_error": f"--impl {msg['setup']['impl']}: {type(exc).__name__}: {exc}"})
                 return 0
             continue
-        outcome = call(adapter, GoldenCase.from_json(msg["case"]))
+        outcome = call(adapter, case_of_question(msg["case"]))
         try:
-            _send(proto_out, {"outcome": outcome.to_json()})
+            _send(proto_out, {"id": msg["id"], "outcome": outcome.to_json()})
         except (TypeError, ValueError) as exc:
-            _send(proto_out, {"outcome": Outcome("harness", error_type=type(exc).__name__,
-                                                 message=f"outputs not serialisable: {exc}").to_json()})
+            _send(proto_out, {"id": msg["id"], "outcome": Outcome(
+                "harness", error_type=type(exc).__name__, message=f"outputs not serialisable: {exc}").to_json()})

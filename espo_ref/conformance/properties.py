@@ -123,6 +123,13 @@ def run_properties(executor, target, examples: int, include=(), exclude=(), prof
             check()
         except AssertionError:
             pass
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - e.g. a flaky failure: an error of the run, not a crash
+            if not failures:
+                return [CaseResult(run_id, sorted({c for _, _, cl in kept for c in cl}), "error",
+                                   message=f"the property run stopped: {type(exc).__name__}: {exc}"[:2000],
+                                   reproduce=repro)]
         finally:
             hypothesis_configuration.set_hypothesis_home_dir(previous)
     if failures:

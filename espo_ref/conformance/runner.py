@@ -14,6 +14,7 @@ max abs / rel error, how many elements were bad, and a command that reproduces i
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import math
 import os
@@ -37,7 +38,8 @@ XFAIL_DIR = Path(__file__).resolve().parent / "xfail"
 STATUSES = ("pass", "fail", "unsupported", "error", "xfail", "xpass")
 
 __all__ = ["run_conformance", "format_report", "write_report", "write_junit", "read_xfail_file", "select",
-           "load_impl", "detect_backend", "SetupError", "Report", "CaseResult", "PROFILES"]
+           "load_impl", "detect_backend", "SetupError", "Report", "CaseResult", "PROFILES", "RunInterrupted",
+           "Terminated"]
 
 
 def load_impl(spec: str) -> Callable:
@@ -77,6 +79,7 @@ class Report:
     impl_version: str | None = None
     property_examples: int = 0
     error: str | None = None
+    calling_convention: dict | None = None
 
     @property
     def unexpected(self) -> list[CaseResult]:
@@ -84,7 +87,9 @@ class Report:
 
     @property
     def conformant(self) -> bool:
-        return self.error is None and bool(self.results) and not self.unexpected
+        """[CONF-EXIT] No unexpected result, and at least one case passed (a run in which every
+        case is expected to fail shows nothing conforms)."""
+        return self.error is None and not self.unexpected and any(r.status == "pass" for r in self.results)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -130,6 +135,8 @@ class Report:
             "profile": self.profile,
             "fields": self.fields,
             "isolated": self.isolated,
+            "verdict_protected": self.isolated,
+            "calling_convention": self.calling_convention,
             "property_examples": self.property_examples,
             "conformant": self.conformant,
             "error": self.error,
@@ -265,30 +272,48 @@ def _format_failures(result: CaseResult, failed: list[str]) -> str:
     return "; ".join(parts)
 
 
-def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=None) -> CaseResult:
+def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=None,
+             diagnose: bool = True) -> CaseResult:
     """[CONF-ERRORS] Run one case; the status is pass, fail (the implementation's fault) or error (the
-    harness's, or a timeout / exit / crash of the implementation)."""
+    harness's, or a timeout / exit / crash / malformed reply of the implementation). Never raises:
+    a failure of the comparison itself is an error of the case."""
     result = CaseResult(case.case_id, case.clauses, "pass", reproduce=reproduce, requires=list(case.requires))
-    outcome = executor.run(case)
+    try:
+        outcome = executor.run(case)
+        _judge(result, executor, case, outcome, fields, provides, diagnose)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runner's own failure: an error, never a pass
+        result.status = "error"
+        result.suspects = list(case.clauses)
+        result.message = f"the runner failed judging this case: {type(exc).__name__}: {exc}"
+    return result
+
+
+ERROR_KINDS = {"harness": "the adapter or runner failed (not the implementation's result)",
+               "timeout": "timed out", "died": "the worker died", "exited": "the implementation exited",
+               "protocol": "the worker's reply broke the protocol",
+               "leftover": "the implementation left processes behind"}
+
+
+def _judge(result: CaseResult, executor, case: GoldenCase, outcome, fields, provides, diagnose: bool) -> None:
     if outcome.kind == "raised" and outcome.error_type == "NotImplementedError" and case.requires:
         # an option the implementation does not offer: reported, not blamed on a clause
         result.status = "unsupported"
         result.message = f"unsupported option ({', '.join(case.requires)}): NotImplementedError: {outcome.message}"
-        return result
+        return
     word = case.expected.get("error")
-    if outcome.kind in ("harness", "timeout", "died", "exited"):
+    if outcome.kind in ERROR_KINDS:
         result.status = "error"
         result.suspects = list(case.clauses)
-        what = {"harness": "the adapter or runner failed (not the implementation's result)",
-                "timeout": "timed out", "died": "the worker died", "exited": "the implementation exited"}
-        result.message = f"{what[outcome.kind]}: {outcome.error_type}: {outcome.message}"
+        result.message = f"{ERROR_KINDS[outcome.kind]}: {outcome.error_type}: {outcome.message}"
         if outcome.traceback:
             result.message += "\n" + outcome.traceback
-        return result
+        return
     if word is not None:
         if outcome.kind == "raised" and word in outcome.message:
             result.message = f"raised {outcome.error_type}: {outcome.message}"
-            return result
+            return
         result.status = "fail"
         result.suspects = list(case.clauses)
         if outcome.kind == "raised":
@@ -296,19 +321,41 @@ def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=N
                               f"(spec: error ~ {word})")
         else:
             result.message = f"expected an error naming {word!r}; the implementation returned normally"
-        return result
+        return
     if outcome.kind == "raised":
         result.status = "fail"
         result.suspects = list(case.clauses)
         result.message = f"raised {outcome.error_type}: {outcome.message} on a valid input"
-        _diagnose(result, case, None, outcome)
-        return result
+        if diagnose:
+            _diagnose(result, executor, case, None, outcome, fields, provides)
+        return
     if outcome.kind == "bad_result":
         result.status = "fail"
         result.suspects = list(case.clauses)
         result.message = f"unusable result: {outcome.message}"
-        return result
+        return
     got = outcome.outputs
+    failed, missing = _compare_outputs(result, case, got, fields, provides)
+    if missing or failed:
+        result.status = "fail"
+        result.suspects = suspects(failed, case.clauses) if failed else list(case.clauses)
+        parts = []
+        if missing:
+            parts.append(f"returned no {', '.join(missing)} (required: {', '.join(_required(case, provides, fields))}; "
+                         f"--fields narrows the check)")
+        if failed:
+            parts.append(_format_failures(result, failed))
+        result.message = "; ".join(parts)
+        if failed and diagnose:
+            _diagnose(result, executor, case, got, outcome, fields, provides)
+
+
+def _required(case, provides, fields) -> list[str]:
+    return required_fields(case, provides, fields)[0]
+
+
+def _compare_outputs(result: CaseResult, case: GoldenCase, got: dict, fields, provides) -> tuple[list, list]:
+    """Compare the required outputs into ``result.fields``; returns (failed, missing) names."""
     required, result.not_compared = required_fields(case, provides, fields)
     missing = [k for k in required if k not in got]
     for name in required:
@@ -321,32 +368,136 @@ def run_case(executor, case: GoldenCase, reproduce: str, fields=None, provides=N
             del result.fields["metrics"]
             missing.append("metrics")
     failed = [name for name, rep in result.fields.items() if not rep["ok"]]
-    if missing or failed:
-        result.status = "fail"
-        result.suspects = suspects(failed, case.clauses) if failed else list(case.clauses)
-        parts = []
-        if missing:
-            parts.append(f"returned no {', '.join(missing)} (required: {', '.join(required)}; "
-                         f"--fields narrows the check)")
-        if failed:
-            parts.append(_format_failures(result, failed))
-        result.message = "; ".join(parts)
-        if failed:
-            _diagnose(result, case, got, outcome)
-    return result
+    return failed, missing
 
 
-def _diagnose(result: CaseResult, case: GoldenCase, got, outcome) -> None:
+def float64_twin(case: GoldenCase) -> GoldenCase:
+    """[CONF-MISREADINGS] The same inputs and config in float64, with the reference's float64 outputs."""
+    from .functions import reference_outputs
+
+    spec = FUNCTIONS[case.function]
+    expected = reference_outputs(spec, case.inputs, case.config, case.kwargs)
+    return GoldenCase(case.case_id + "@float64", case.function, case.clauses, "float64", case.inputs, case.config,
+                      case.kwargs, expected, case.source)
+
+
+def _first_wrong(result: CaseResult) -> str:
+    for name in sorted(result.fields, key=lambda n: FIELD_ORDER.index(n) if n in FIELD_ORDER else len(FIELD_ORDER)):
+        rep = result.fields[name]
+        if rep["ok"]:
+            continue
+        if "reason" in rep:
+            return f"{name} ({rep['reason']})"
+        bad = rep.get("first_bad") or {}
+        where = f"[{bad['key']}]" if "key" in bad else (f"[{', '.join(map(str, bad['index']))}]" if bad.get("index")
+                                                        else "")
+        return f"{name}{where}: got {bad.get('got')!r}, want {bad.get('want')!r}"
+    return "none"
+
+
+def _diagnose(result: CaseResult, executor, case: GoldenCase, got, outcome, fields, provides) -> None:
+    """[CONF-MISREADINGS] Name the catalogued readings that reproduce the implementation's outputs
+    within the float64 tolerance: on the case itself when it is float64, else on its float64 twin
+    (the implementation is called once more). When none fits, say so and name the first wrong output."""
     from .misreadings import diagnose
 
-    found = diagnose(case, got, compared=list(result.fields), raised=outcome if got is None else None)
+    where = ""
+    if case.dtype != "float64":
+        twin = float64_twin(case)
+        twin_outcome = executor.run(twin)
+        if twin_outcome.kind == "outputs":
+            twin_result = CaseResult(twin.case_id, twin.clauses, "pass")
+            failed, missing = _compare_outputs(twin_result, twin, twin_outcome.outputs, fields, provides)
+            if not failed and not missing:
+                result.message = (f"{case.dtype} precision: on the float64 twin of this case your outputs agree with "
+                                  f"the reference, so the difference comes from {case.dtype} arithmetic (where "
+                                  "the reference rounds, or the order of operations) -- " + result.message)
+                return
+            case, got, outcome = twin, twin_outcome.outputs, twin_outcome
+            compared = list(twin_result.fields)
+            where = " (on the float64 twin)"
+        elif twin_outcome.kind == "raised" and got is None:
+            case, outcome, compared = twin, twin_outcome, []
+            where = " (on the float64 twin)"
+        else:
+            result.message = f"no catalogued reading fits (the float64 twin gave no outputs); first wrong output " \
+                             f"{_first_wrong(result)} -- " + result.message
+            return
+    else:
+        compared = list(result.fields)
+    found = diagnose(case, got, compared=compared, raised=outcome if got is None else None)
     if not found:
+        if got is not None:
+            result.message = (f"no catalogued reading fits{where}; first wrong output {_first_wrong(result)} -- "
+                              + result.message)
         return
     result.diagnoses = [m.to_json() for m in found]
     result.suspects = list(dict.fromkeys([m.clause for m in found] + result.suspects))
     names = "; ".join(f"{m.name} [{m.clause}]: {m.summary}" for m in found)
-    result.message = f"your outputs match reading {names} -- " + result.message if got is not None else \
-        f"{names} -- " + result.message
+    result.message = f"your outputs match reading{where} {names} -- " + result.message if got is not None else \
+        f"{names}{where} -- " + result.message
+
+
+# --- calling conventions ------------------------------------------------------------------
+
+# [CONF-CALL] Other argument orders people write a loss in, tried when nearly every case fails:
+# (name, the order of the function's inputs, advice). "verl" is compute_policy_loss's order.
+CALLING_CONVENTIONS: dict[str, tuple[tuple[str, tuple[str, ...], str], ...]] = {
+    "espo_loss": (
+        ("logp and old_logp swapped", ("old_logp", "logp", "entropy", "mask", "advantages"),
+         "your function takes old_logp first and logp second"),
+        ("verl's order", ("old_logp", "logp", "advantages", "mask", "entropy"),
+         "your function takes verl's order (old_log_prob, log_prob, advantages, response_mask, entropy)"),
+        ("mask and advantages swapped", ("logp", "old_logp", "entropy", "advantages", "mask"),
+         "your function takes advantages before mask"),
+        ("entropy last", ("logp", "old_logp", "mask", "advantages", "entropy"),
+         "your function takes entropy after (logp, old_logp, mask, advantages)"),
+    ),
+    "_baseline": (
+        ("logp and old_logp swapped", ("old_logp", "logp", "mask", "advantages"),
+         "your function takes old_logp first and logp second"),
+        ("verl's order", ("old_logp", "logp", "advantages", "mask"),
+         "your function takes verl's order (old_log_prob, log_prob, advantages, response_mask); for a verl "
+         "policy loss itself use --adapter verl"),
+        ("mask and advantages swapped", ("logp", "old_logp", "advantages", "mask"),
+         "your function takes advantages before mask"),
+    ),
+}
+PROBED_ADAPTERS = ("native", "torch-loss")
+
+
+def conventions_for(function: str):
+    if function in CALLING_CONVENTIONS:
+        return CALLING_CONVENTIONS[function]
+    return CALLING_CONVENTIONS["_baseline"] if function.endswith("_loss") else ()
+
+
+def probe_calling_convention(executor, report: "Report", chosen: list[GoldenCase], provides) -> dict | None:
+    """[CONF-CALL] When nearly every value case failed, call the implementation on the first failing
+    one with each known argument order; the first order under which it passes is the likely cause."""
+    from .execution import ProbeCase
+
+    if report.adapter not in PROBED_ADAPTERS:
+        return None
+    by_id = {c.case_id: c for c in chosen}
+    value = [r for r in report.results if r.case_id in by_id and "error" not in by_id[r.case_id].expected
+             and r.status != "unsupported"]
+    failing = [r for r in value if r.status in ("fail", "error", "xfail")]
+    if not value or len(failing) < max(1, 0.8 * len(value)):
+        return None
+    case = by_id[failing[0].case_id]
+    spec = FUNCTIONS[case.function]
+    for name, order, advice in conventions_for(case.function):
+        if sorted(order) != sorted(spec.inputs):
+            continue
+        probe = ProbeCase(**{f: getattr(case, f) for f in case.__dataclass_fields__}, call_order=order)
+        if run_case(executor, probe, "", report.fields, provides, diagnose=False).status == "pass":
+            native = ", ".join(spec.inputs)
+            return {"name": name, "order": list(order), "case": case.case_id,
+                    "advice": f"{advice}: with the inputs in that order it passes {case.case_id}; the "
+                              f"{report.adapter} adapter calls fn({native}, config); reorder the parameters "
+                              "(or wrap the function)"}
+    return None
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -411,9 +562,15 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
             if isolate:
                 raise SetupError(f"--impl {impl!r} is not importable by path; pass isolate=False")
             path = f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
+    if properties and properties < 0:
+        raise SetupError(f"--property must be >= 0, got {properties}")
+    if properties and importlib.util.find_spec("hypothesis") is None:
+        raise SetupError("--property needs the hypothesis package: pip install 'espo-ref[test]'")
     target = Target(path, function, adapter, backend, device)
-    executor = WorkerExecutor(target, timeout) if isolate else InProcessExecutor(target, fn)
+    report: Report | None = None
+    executor = None
     try:
+        executor = WorkerExecutor(target, timeout) if isolate else InProcessExecutor(target, fn)
         info = executor.info
         target = Target(path, info["function"], info["adapter"], info["backend"], device)
         report = Report(path, target.function, target.adapter, target.backend, device, profile, fields, isolate,
@@ -432,6 +589,7 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
             _apply_known(res, known, info["known_differences"])
             _apply_xfail(res, xfail)
             report.results.append(res)
+        report.calling_convention = probe_calling_convention(executor, report, chosen, info.get("provides"))
         if properties:
             from .properties import run_properties
 
@@ -441,8 +599,28 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
         if not report.results:
             raise SetupError("no case matched the selection (--function, --profile, --include, --exclude)")
         return report
+    except (KeyboardInterrupt, Terminated) as exc:
+        signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        if report is None:
+            report = Report(path, function or "?", adapter, backend, device, profile, fields, isolate)
+        report.error = f"interrupted by {signame} after {len(report.results)} case(s); the worker was killed"
+        raise RunInterrupted(report, signame) from None
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
+
+
+class Terminated(BaseException):
+    """Raised by the command line's SIGTERM handler, so that the run ends through its finally blocks."""
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by SIGINT or SIGTERM; ``report`` holds what ran (not conformant)."""
+
+    def __init__(self, report: Report, signame: str):
+        super().__init__(report.error)
+        self.report = report
+        self.signame = signame
 
 
 def _apply_known(res: CaseResult, known: dict[str, str], source: str) -> None:
@@ -473,7 +651,8 @@ def format_report(report: Report, verbose: bool = False) -> str:
             continue  # summarised by option below
         if r.status in ("fail", "error", "xpass") or verbose:
             needs = f"  requires {','.join(r.requires)}" if r.requires else ""
-            lines.append(f"{r.status.upper():5} {r.case_id}  clauses {','.join(r.suspects or r.clauses)}{needs}")
+            blamed = f"  suspects {','.join(r.suspects)}" if r.suspects and r.suspects != r.clauses else ""
+            lines.append(f"{r.status.upper():5} {r.case_id}  clauses {','.join(r.clauses)}{blamed}{needs}")
             if r.message and r.status != "pass":
                 body = r.message.strip().splitlines()
                 lines.append(f"      {body[0]}")
@@ -502,8 +681,20 @@ def format_report(report: Report, verbose: bool = False) -> str:
             f"{o} ({n})" for o, n in report.unsupported_options().items())
             + "; --profile core selects the cases of the default options")
     if report.failing_clauses():
-        lines.append("failing clauses: " + ", ".join(f"{c} ({n})" for c, n in report.failing_clauses().items()))
-    lines.append("CONFORMANT" if report.conformant else "NOT CONFORMANT")
+        lines.append("suspect clauses: " + ", ".join(f"{c} ({n})" for c, n in report.failing_clauses().items()))
+    if report.calling_convention:
+        lines.append(f"calling convention: {report.calling_convention['advice']}")
+    if report.error:
+        lines.append(f"run: {report.error}")
+    if not report.isolated:
+        lines.append("verdict not protected: --no-isolation ran the implementation in this process, where it can "
+                     "read and change what it is compared against")
+    if report.conformant:
+        lines.append("CONFORMANT")
+    elif report.error is None and not report.unexpected:
+        lines.append("NOT CONFORMANT (no case passed: every case selected is expected to fail)")
+    else:
+        lines.append("NOT CONFORMANT")
     return "\n".join(lines)
 
 

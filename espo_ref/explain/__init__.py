@@ -261,6 +261,7 @@ class Comparison:
     diagnoses: list[dict]
     differences: list[Difference]
     outputs: dict[str, Any]
+    protected: bool = True            # False: run in the comparing process (--no-isolation)
 
     def first(self, n: int) -> list[Difference]:
         """The first differing tokens by position (response, then position), one per token."""
@@ -297,10 +298,12 @@ def _differences(view: TokenView, outputs: dict, tolerance) -> list[Difference]:
 
 
 def compare(view: TokenView, impl: str, *, adapter: str = "native", backend: str = "auto",
-            device: str = "cpu") -> Comparison:
-    """[CONF-MISREADINGS] Run ``impl`` (package.module:callable) on the batch through a conformance
-    adapter, in this process, and compare it with the reference token by token."""
-    from ..conformance.execution import InProcessExecutor, Target
+            device: str = "cpu", timeout: float = 60.0, isolate: bool = True) -> Comparison:
+    """[CONF-MISREADINGS] [CONF-ISOLATION] Run ``impl`` (package.module:callable) on the batch through a
+    conformance adapter, in a worker process as ``espo-ref conform`` does (``isolate=False``: in this
+    process, for debugging; its verdict is then not protected), and compare it with the reference
+    token by token."""
+    from ..conformance.execution import InProcessExecutor, Target, WorkerExecutor
     from ..conformance.functions import FUNCTIONS, reference_outputs
     from ..conformance.golden import GoldenCase
     from ..conformance.runner import run_case
@@ -312,23 +315,32 @@ def compare(view: TokenView, impl: str, *, adapter: str = "native", backend: str
     expected = reference_outputs(FUNCTIONS["espo_loss"], inputs, config, {})
     case = GoldenCase(f"explain/{Path(batch.source).name}", "espo_loss", clauses_of(view.config), dtype, inputs,
                       config, {}, expected, f"batch {batch.source}")
-    executor = InProcessExecutor(Target(impl, "espo_loss", adapter, backend, device))
+    target = Target(impl, "espo_loss", adapter, backend, device)
+    executor = WorkerExecutor(target, timeout) if isolate else InProcessExecutor(target)
+    recording = _Recording(executor)
     try:
-        info = executor.info
-        outcome = executor.run(case)
+        verdict = run_case(recording, case, "", None, executor.info.get("provides"))
     finally:
         executor.close()
-
-    class Replay:  # run_case gives the runner's verdict on this one outcome
-        def run(self, _case):
-            return outcome
-
-    verdict = run_case(Replay(), case, "", None, info.get("provides"))
+    outcome = recording.outcomes[0]
     outputs = outcome.outputs if outcome.kind == "outputs" else {}
     loss = outputs.get("loss")
     return Comparison(impl, verdict.status, verdict.message, None if loss is None else float(loss),
                       list(verdict.suspects), list(verdict.diagnoses),
-                      _differences(view, outputs, case.tolerance()), outputs)
+                      _differences(view, outputs, case.tolerance()), outputs, isolate)
+
+
+class _Recording:
+    """An executor that keeps what each call gave (the first is the batch's own call)."""
+
+    def __init__(self, executor):
+        self.executor = executor
+        self.outcomes: list = []
+
+    def run(self, case):
+        outcome = self.executor.run(case)
+        self.outcomes.append(outcome)
+        return outcome
 
 
 def summary_pairs(view: TokenView, comparison: Comparison | None = None) -> list[tuple[str, str]]:

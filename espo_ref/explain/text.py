@@ -63,6 +63,8 @@ def comparison_lines(comparison) -> list[str]:
     verdict = {"pass": "agrees with the reference", "fail": "DIFFERS from the reference",
                "error": "could not be compared"}[comparison.status]
     out = [f"your implementation {comparison.impl} {verdict}"]
+    if not getattr(comparison, "protected", True):
+        out.append("  verdict not protected: --no-isolation ran it in this process, where it can change the comparison")
     if comparison.status == "pass":
         return out
     for d in comparison.diagnoses:
