@@ -100,3 +100,49 @@ def grpo_with_stop_gradient(logp, old_logp, mask, advantages, config):
 def grpo_without_stop_gradient(logp, old_logp, mask, advantages, config):
     """Lets gradient flow into old_logp and the advantages: wrong whenever they are attached."""
     return _grpo(logp, old_logp, mask, advantages, config, False)
+
+
+def loss_of_shape_one(logp, old_logp, entropy, mask, advantages, config):
+    """The reference's loss as a tensor of shape [1]: not a scalar, whatever its value."""
+    import espo_ref.torch as espo_torch
+
+    out = espo_torch.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+    return types.SimpleNamespace(loss=out.loss.reshape(1))
+
+
+def returns_a_list(logp, old_logp, entropy, mask, advantages, config):
+    """[loss] instead of loss: the implementation's fault, not the harness's."""
+    import espo_ref.torch as espo_torch
+
+    return [espo_torch.espo_loss(logp, old_logp, entropy, mask, advantages, config).loss]
+
+
+def imports_torch_inside(logp, old_logp, entropy, mask, advantages, config):
+    """A correct torch loss whose module never imports torch at the top."""
+    import torch
+
+    import espo_ref.torch as espo_torch
+
+    assert isinstance(logp, torch.Tensor), "the runner passed numpy arrays to a torch implementation"
+    return espo_torch.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+
+
+def in_verl_order(old_log_prob, log_prob, advantages, response_mask, entropy, config):
+    """The reference, written with verl's argument order."""
+    return espo_ref.espo_loss(log_prob, old_log_prob, entropy, response_mask, advantages, config)
+
+
+def logp_old_logp_swapped(old_logp, logp, entropy, mask, advantages, config):
+    return espo_ref.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+
+
+def grpo_in_verl_order(old_log_prob, log_prob, advantages, response_mask, config):
+    return espo_ref.grpo_loss(log_prob, old_log_prob, response_mask, advantages, config)
+
+
+def loss_in_float16_below_float64(logp, old_logp, entropy, mask, advantages, config):
+    """Right in float64; rounds the loss to float16 for lower-precision inputs (a precision bug)."""
+    low = np.asarray(logp).dtype != np.float64
+    out = espo_ref.espo_loss(*(np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else x
+                               for x in (logp, old_logp, entropy, mask, advantages)), config)
+    return dataclasses.replace(out, loss=float(np.float16(out.loss))) if low else out

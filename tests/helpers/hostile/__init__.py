@@ -1,0 +1,1 @@
+"""Modules whose import is the attack (tests/test_conformance_hostile.py)."""
