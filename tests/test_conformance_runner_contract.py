@@ -141,3 +141,50 @@ def test_CONF_MISREADINGS_a_misreading_on_a_float32_case_is_named_from_its_float
     # the example also renumbers the one-group-per-token groups (grouping="token"): outside the catalogue
     assert all("no catalogued reading fits (on the float64 twin); first wrong output groups" in r.message
                for r in unnamed)
+
+
+def _conformance_imports() -> dict[str, set[str]]:
+    """module -> the modules of espo_ref.conformance it imports (at the top or inside a function)."""
+    import ast
+
+    package = Path(espo_ref.__file__).resolve().parent / "conformance"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        name = ".".join(("espo_ref", "conformance") + tuple(p for p in parts if p != "__init__"))
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here
+                for _ in range(max(node.level - 1, 0)):
+                    base = base.rsplit(".", 1)[0]
+                target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module or ""
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            edges.update(n for n in names if n.startswith("espo_ref.conformance"))
+    return {m: {e for e in edges if e in graph and e != m} for m, edges in graph.items()}
+
+
+def test_CONF_ADAPTERS_the_conformance_package_has_no_import_circle():
+    graph = _conformance_imports()
+    assert "espo_ref.conformance.engines.verl" in graph and graph["espo_ref.conformance.runner"]
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                # a module importing its own package (a registry's plugin) is not a circle of peers
+                if nxt == start and not start.startswith(node + "."):
+                    return path + [nxt]
+                if nxt not in seen and not node.startswith(nxt + "."):
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = [c for c in map(cycle_from, graph) if c]
+    assert not circles, " ; ".join(" -> ".join(c) for c in circles)

@@ -259,7 +259,6 @@ class TorchLossAdapter(Adapter):
     provides = ("loss", "grad")
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
-        spec = self.function
         inputs = self.tensors(case)
         out = self.impl(*[inputs[name] for name in self.call_order(case)], self.config(case))
         loss = getattr(out, "loss", out)

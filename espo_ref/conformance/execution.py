@@ -33,13 +33,10 @@ from .._device import torch_device
 from ..errors import ESPOInputError
 from .adapters import ADAPTERS, BadResult, ImplementationExited, ImplementationRaised, TrackedImpl
 from .arrays import decode, encode
+from .engines import ENGINE_ADAPTERS, engine_adapter
+from .errors import SetupError
 from .functions import FIELD_ORDER, FUNCTIONS
 from .golden import GoldenCase
-
-
-class SetupError(Exception):
-    """A usage or setup problem (exit status 2): bad arguments, an unimportable implementation,
-    an unknown adapter, an unavailable device, unreadable golden or xfail files."""
 
 
 @dataclass
@@ -207,14 +204,9 @@ def resolve(target: Target, fn: Callable | None = None):
     elif adapter in ADAPTERS:  # built in, or registered by the implementation's module on import
         adapter_class = ADAPTERS[adapter]
     else:
-        if adapter == "verl" or adapter.startswith("verl-"):
-            from . import verl_adapters  # noqa: F401 - registers the verl adapters
-
-            adapter_class = ADAPTERS.get(adapter)
-        else:
-            adapter_class = None
+        adapter_class = engine_adapter(adapter)  # an engine's: espo_ref.conformance.engines.<engine>
         if adapter_class is None:
-            raise SetupError(f"--adapter must be one of {', '.join(sorted(ADAPTERS))} or "
+            raise SetupError(f"--adapter must be one of {', '.join(sorted(set(ADAPTERS) | set(ENGINE_ADAPTERS)))} or "
                              f"package.module:Class; got {adapter!r}")
     backend = target.backend
     if backend == "auto":

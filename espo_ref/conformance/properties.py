@@ -74,11 +74,12 @@ def run_properties(executor, target, examples: int, include=(), exclude=(), prof
     from hypothesis import HealthCheck, given, settings
 
     from .functions import required_options
-    from .runner import CaseResult, _matches, in_profile, reproduce_command, run_case
+    from .judge import CaseResult, reproduce_command, run_case
+    from .selection import _matches, in_profile
 
     function = target.function
     if function not in PROPERTY_FUNCTIONS:
-        from .execution import SetupError
+        from .errors import SetupError
 
         raise SetupError(f"--property supports {', '.join(PROPERTY_FUNCTIONS)}; got --function {function}")
     xfail = xfail or {}

@@ -306,7 +306,7 @@ def compare(view: TokenView, impl: str, *, adapter: str = "native", backend: str
     from ..conformance.execution import InProcessExecutor, Target, WorkerExecutor
     from ..conformance.functions import FUNCTIONS, reference_outputs
     from ..conformance.golden import GoldenCase
-    from ..conformance.runner import run_case
+    from ..conformance.judge import run_case
 
     batch = view.batch
     inputs = {k: np.asarray(v) for k, v in batch.inputs.items()}

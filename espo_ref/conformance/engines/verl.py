@@ -1,6 +1,6 @@
 """[CONF-PEERS] Adapters for verl's own functions (checked against verl 0.9.1; specs/baselines.md
-[BASE-PEERS] explains every difference, and ``xfail/verl-0.9.1.txt`` lists the cases it makes
-fail).
+[BASE-PEERS] explains every difference, and ``verl-0.9.1.txt`` beside this module lists the cases
+it makes fail; another verl version is refused by name).
 
 ``verl``: a policy loss of ``verl.trainer.ppo.core_algos`` (``compute_policy_loss_vanilla``
 for grpo_loss and dapo_loss, ``_gspo``, ``_geo_mean`` for gmpo_loss, ``_cispo``), called with
@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import Adapter, register
-from .execution import SetupError
-from .golden import GoldenCase
+from ..adapters import Adapter, register
+from ..errors import SetupError
+from ..golden import GoldenCase
+from . import known_differences
 
 VERL_POLICY_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss", "espo_loss")
 LOSS_MODES = {"grpo_loss": "vanilla", "dapo_loss": "vanilla", "gspo_loss": "gspo", "gmpo_loss": "geo_mean",
@@ -45,14 +46,14 @@ def _import_verl_config():
 
 def actor_config(function: str, fields: dict[str, Any]):
     """A real verl ActorConfig for a case of ``function`` with our config ``fields``."""
-    from .functions import FUNCTIONS
+    from ..functions import FUNCTIONS
 
     ActorConfig, PolicyLossConfig = _import_verl_config()
     ours = FUNCTIONS[function].raw_config(fields)
     if function == "espo_loss":  # espo_ref.integrations.verl's loss: ESPO's options in the policy-loss config
         import dataclasses
 
-        from ..integrations.verl import ESPOPolicyLossConfig
+        from ...integrations.verl import ESPOPolicyLossConfig
 
         options = {f"espo_{f.name}": getattr(ours, f.name) for f in dataclasses.fields(ours)
                    if f.name != "vocab_size" and hasattr(ours, f.name)}
@@ -76,9 +77,9 @@ class VerlAdapter(Adapter):
 
     provides = ("loss", "grad")
     backend_default = "torch"
-    known_differences = "verl-0.9.1"  # the shipped xfail file; a failure it lists names its row
 
     def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
+        self.known_differences = known_differences("verl", "verl")  # a failure it lists names its row
         if function not in VERL_POLICY_LOSSES:
             raise SetupError(f"--adapter verl checks verl's policy losses ({', '.join(VERL_POLICY_LOSSES)}); "
                              f"got --function {function}")
@@ -109,9 +110,9 @@ class VerlAdvantageAdapter(Adapter):
     the reward on it; the advantage read back from that token)."""
 
     backend_default = "torch"
-    known_differences = "verl-0.9.1"
 
     def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
+        self.known_differences = known_differences("verl", "verl")
         if function != "grpo_advantages":
             raise SetupError(f"--adapter verl-advantage checks grpo_advantages; got --function {function}")
         super().__init__(impl, function, "torch", device)
