@@ -1,7 +1,7 @@
 """espo_ref.integrations.verl against the real verl 0.9.1, in its own environment.
 
 The checks live in tests/peers/verl_plugin_checks.py and run inside the verl environment
-(``bash tests/peers/setup_verl.sh``: .venv-verl or $ESPO_VERL_PYTHON), as tests/test_verl_real.py
+(``bash tests/peers/setup_verl.sh``: .venv-verl or $ESPO_VERL_PYTHON), as tests/test_engines_real.py
 does. Without it this skips, except under CI, where a missing environment is a failure.
 """
 

@@ -31,6 +31,7 @@ class CaseResult:
     diagnoses: list[dict] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
     case: dict | None = None  # the full case (property cases, which have no golden file)
+    unsupported_option: str = ""  # an option the engine does not offer, declared by its adapter (not run)
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in ("", [], {}, None)} | {"status": self.status}
@@ -205,7 +206,8 @@ def _diagnose(result: CaseResult, executor, case: GoldenCase, got, outcome, fiel
             return
     else:
         compared = list(result.fields)
-    found = diagnose(case, got, compared=compared, raised=outcome if got is None else None)
+    backend = (getattr(executor, "info", None) or {}).get("backend")  # a numpy function cannot leave a graph attached
+    found = diagnose(case, got, compared=compared, raised=outcome if got is None else None, backend=backend)
     if not found:
         if got is not None:
             result.message = (f"no catalogued reading fits{where}; first wrong output {_first_wrong(result)} -- "

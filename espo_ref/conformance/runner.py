@@ -27,6 +27,7 @@ import numpy as np
 from .. import SPEC_VERSION
 from .._io import write_atomic
 from .compare import compare_field, required_fields
+from .engines import unsupported_option
 from .errors import SetupError
 from .execution import InProcessExecutor, Target, WorkerExecutor, detect_backend, import_path, load_object
 from .functions import FUNCTIONS
@@ -65,7 +66,10 @@ class Report:
 
     @property
     def unexpected(self) -> list[CaseResult]:
-        return [r for r in self.results if r.status in ("fail", "unsupported", "error", "xpass")]
+        """Results that make a run not conformant; an option an engine's adapter declares it does
+        not offer ([CONF-PEERS]) is reported, not counted against it."""
+        return [r for r in self.results if r.status in ("fail", "unsupported", "error", "xpass")
+                and not r.unsupported_option]
 
     @property
     def conformant(self) -> bool:
@@ -93,7 +97,7 @@ class Report:
         out: dict[str, int] = {}
         for r in self.results:
             if r.status == "unsupported":
-                for option in r.requires:
+                for option in [r.unsupported_option] if r.unsupported_option else r.requires:
                     out[option] = out.get(option, 0) + 1
         return out
 
@@ -249,6 +253,12 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
         known = read_xfail_file(info["known_differences"]) if info.get("known_differences") else {}
         for case in chosen:
             repro = reproduce_command(target, case.case_id, profile, fields, isolate)
+            option = unsupported_option(target.adapter, case)  # decided here, never by the worker
+            if option:
+                report.results.append(CaseResult(case.case_id, case.clauses, "unsupported", requires=case.requires,
+                                                 message=f"not offered by --adapter {target.adapter}: {option}",
+                                                 unsupported_option=option))
+                continue
             res = run_case(executor, case, repro, fields, info.get("provides"))
             _apply_known(res, known, info["known_differences"])
             _apply_xfail(res, xfail)
@@ -340,10 +350,15 @@ def format_report(report: Report, verbose: bool = False) -> str:
             shown.append(f"{len(metric_keys)} metrics ({', '.join(k.split('.', 1)[1] for k in metric_keys[:4])}"
                          f"{', ...' if len(metric_keys) > 4 else ''})")
         lines.append(f"not compared: {', '.join(shown)} ({why})")
-    if report.unsupported_options():
+    declared = {r.unsupported_option for r in report.results if r.unsupported_option}
+    if declared:
+        counts = report.unsupported_options()
+        lines.append(f"not offered by the {report.adapter} adapter's engine (not run): " + ", ".join(
+            f"{o} ({counts[o]})" for o in sorted(declared)))
+    raised = {o: n for o, n in report.unsupported_options().items() if o not in declared}
+    if raised:
         lines.append("unsupported options (NotImplementedError): " + ", ".join(
-            f"{o} ({n})" for o, n in report.unsupported_options().items())
-            + "; --profile core selects the cases of the default options")
+            f"{o} ({n})" for o, n in raised.items()) + "; --profile core selects the cases of the default options")
     if report.failing_clauses():
         lines.append("suspect clauses: " + ", ".join(f"{c} ({n})" for c, n in report.failing_clauses().items()))
     if report.calling_convention:

@@ -335,6 +335,7 @@ class _Recording:
 
     def __init__(self, executor):
         self.executor = executor
+        self.info = executor.info
         self.outcomes: list = []
 
     def run(self, case):

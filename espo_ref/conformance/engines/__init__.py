@@ -6,6 +6,10 @@ it was measured on, ``<engine>-<version>.txt``, every line citing its [BASE-PEER
 (specs/baselines.md). An installed version without a file is refused by name: the
 differences of another release are not known until measured.
 
+An engine adapter may define ``unsupported(function, config, kwargs) -> str | None``: the option
+of a case the engine does not offer. Such a case is not run; it is reported as unsupported with
+the option named, and does not count against the engine (the runner asks in its own process).
+
 The next engine is one module here, its adapters in ENGINE_ADAPTERS, its expected-failure
 file and its environment script under tests/peers/.
 """
@@ -20,8 +24,11 @@ from ..errors import SetupError
 
 HERE = Path(__file__).resolve().parent
 
+# the engines of the conformance matrix, in its order (each a module here)
+ENGINES: tuple[str, ...] = ("verl", "trl")
+
 # adapter name -> the engine module that registers it
-ENGINE_ADAPTERS: dict[str, str] = {"verl": "verl", "verl-advantage": "verl"}
+ENGINE_ADAPTERS: dict[str, str] = {"verl": "verl", "verl-advantage": "verl", "trl": "trl"}
 
 
 def engine_adapter(name: str):
@@ -56,3 +63,21 @@ def known_differences(engine: str, distribution: str) -> str:
                          f"{', '.join(v.split('-', 1)[1] for v in measured)} only (its loss code changes between "
                          "releases; install a measured version)")
     return name
+
+
+def unsupported_option(adapter: str, case) -> str | None:
+    """[CONF-PEERS] The option of ``case`` that the engine behind ``adapter`` does not offer, in words
+    (``loss_agg_mode=seq-mean-token-sum``), or None. Decided in the runner's process from the
+    engine module's own table, so the implementation under test cannot declare its failures away."""
+    if adapter not in ENGINE_ADAPTERS:
+        return None
+    cls = engine_adapter(adapter)
+    lacks = getattr(cls, "unsupported", None)
+    return lacks(case.function, dict(case.config or {}), dict(case.kwargs or {})) if lacks is not None else None
+
+
+def engine_module(engine: str):
+    """The module of ``engine`` (its ENGINE, DISTRIBUTION, ENVIRONMENT and MATRIX, and its adapters)."""
+    if engine not in ENGINES:
+        raise SetupError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    return importlib.import_module(f"{__name__}.{engine}")

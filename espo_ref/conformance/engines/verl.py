@@ -29,6 +29,20 @@ from ..errors import SetupError
 from ..golden import GoldenCase
 from . import known_differences
 
+ENGINE = "verl"
+DISTRIBUTION = "verl"
+ENVIRONMENT = ".venv-verl"  # built by tests/peers/setup_verl.sh (verl pins transformers < 5.11)
+CORE = "verl.trainer.ppo.core_algos"
+# [CONF-MATRIX] (our function, verl's callable, adapter): the rows of the conformance matrix
+MATRIX = (
+    ("grpo_loss", f"{CORE}:compute_policy_loss_vanilla", "verl"),
+    ("dapo_loss", f"{CORE}:compute_policy_loss_vanilla", "verl"),
+    ("gspo_loss", f"{CORE}:compute_policy_loss_gspo", "verl"),
+    ("gmpo_loss", f"{CORE}:compute_policy_loss_geo_mean", "verl"),
+    ("cispo_loss", f"{CORE}:compute_policy_loss_cispo", "verl"),
+    ("grpo_advantages", f"{CORE}:compute_grpo_outcome_advantage", "verl-advantage"),
+)
+
 VERL_POLICY_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss", "espo_loss")
 LOSS_MODES = {"grpo_loss": "vanilla", "dapo_loss": "vanilla", "gspo_loss": "gspo", "gmpo_loss": "geo_mean",
               "cispo_loss": "cispo", "espo_loss": "espo"}
