@@ -122,9 +122,9 @@ def test_CONF_PEERS_an_engine_version_without_a_file_is_refused_by_name(monkeypa
 
 
 def _measurement(**entry):
-    row = {"function": "grpo_loss", "impl": "x:y", "adapter": "trl", "cases": 10, "passed": 7, "failing": {},
-           "unsupported": {}, "unexplained": [], "listed_but_passed": []} | entry
-    return {"engine": "trl", "distribution": "trl", "version": "9.9", "rows": [row]}
+    row = {"function": "grpo_loss", "impl": "x:y", "adapter": "trl", "version": "9.9", "cases": 10, "passed": 7,
+           "failing": {}, "unsupported": {}, "unexplained": [], "listed_but_passed": []} | entry
+    return {"engine": "trl", "distribution": "trl", "rows": [row]}
 
 
 def test_CONF_MATRIX_unexplained_failures_and_stale_lines_show_in_the_matrix():

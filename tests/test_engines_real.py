@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from espo_ref.conformance.engines import ENGINES, engine_module
+from espo_ref.conformance.engines import ENGINES, matrix_rows
 from espo_ref.conformance.golden import load
 from espo_ref.conformance.matrix import environment_python, measure_in_environment, render
 from espo_ref.conformance.runner import read_xfail_file, shipped_xfail_files
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = (ROOT / "specs" / "baselines.md").read_text()
-PAIRS = [(engine, function, impl, adapter) for engine in ENGINES for function, impl, adapter in
-         engine_module(engine).MATRIX]
+PAIRS = [(engine, function, impl, adapter, distribution) for engine in ENGINES
+         for function, impl, adapter, distribution in matrix_rows(engine)]
 
 
 def _peer_rows() -> set[str]:
@@ -71,7 +71,7 @@ def test_CONF_MATRIX_the_committed_matrix_is_what_the_engines_give(measurements)
         "specs/peers.md differs from the runs: python -m espo_ref.conformance.matrix --write"
 
 
-@pytest.mark.parametrize("engine,function", [(e, f) for e, f, _, _ in PAIRS])
+@pytest.mark.parametrize("engine,function", [(e, f) for e, f, *_ in PAIRS])
 def test_CONF_MATRIX_every_failure_is_explained_and_every_listed_case_fails(measurements, engine, function):
     entry = next(r for r in measurements[engine]["rows"] if r["function"] == function)
     assert entry["unexplained"] == [], entry
@@ -88,12 +88,11 @@ def cli_runs(tmp_path_factory):
         _need(engine)
 
     def run(item):
-        (engine, function, impl, adapter), with_file = item
-        mod = engine_module(engine)
+        (engine, function, impl, adapter, distribution), with_file = item
         python = environment_python(engine)
         report = folder / f"{engine}-{function}-{with_file}.json"
         version = subprocess.run([str(python), "-c", f"from importlib.metadata import version; "
-                                  f"print(version({mod.DISTRIBUTION!r}))"], capture_output=True, text=True).stdout
+                                  f"print(version({distribution!r}))"], capture_output=True, text=True).stdout
         cmd = [str(python), "-m", "espo_ref.cli", "conform", "--impl", impl, "--function", function,
                "--adapter", adapter, "--report", str(report)]
         if with_file is True:
@@ -107,12 +106,13 @@ def cli_runs(tmp_path_factory):
     for pair in PAIRS:
         firsts.setdefault(pair[0], pair)
     items = [(p, True) for p in PAIRS] + [(p, False) for p in firsts.values()]
-    items.append((("verl", "espo_loss", "espo_ref.integrations.verl:compute_policy_loss_espo", "verl"), "plugin"))
+    items.append((("verl", "espo_loss", "espo_ref.integrations.verl:compute_policy_loss_espo", "verl", "verl"),
+                  "plugin"))
     with ThreadPoolExecutor(2) as pool:
         return dict(pool.map(run, items))
 
 
-@pytest.mark.parametrize("engine,function", [(e, f) for e, f, _, _ in PAIRS])
+@pytest.mark.parametrize("engine,function", [(e, f) for e, f, *_ in PAIRS])
 def test_CONF_PEERS_each_engine_conforms_with_its_shipped_xfail_file(cli_runs, engine, function):
     proc, report = cli_runs[(engine, function, True)]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

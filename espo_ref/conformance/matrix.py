@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import SPEC_VERSION
 from .._io import write_atomic
-from .engines import ENGINES, engine_module, installed_version
+from .engines import ENGINES, engine_module, installed_version, matrix_rows
 from .errors import SetupError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,14 +67,15 @@ def measure(engine: str, timeout: float = 120.0) -> dict:
     from .runner import run_conformance
 
     mod = engine_module(engine)
-    version = installed_version(mod.DISTRIBUTION)
-    if version is None:
-        raise SetupError(f"{engine}: {mod.DISTRIBUTION} is not installed in {sys.executable}")
-    rows = xfail_rows(f"{engine}-{version}")
     out = []
-    for function, impl, adapter in mod.MATRIX:
+    for function, impl, adapter, distribution in matrix_rows(engine):
+        version = installed_version(distribution)
+        if version is None:
+            raise SetupError(f"{engine}: {distribution} is not installed in {sys.executable}")
+        rows = xfail_rows(f"{engine}-{version}")
         report = run_conformance(impl, function=function, adapter=adapter, isolate=True, timeout=timeout)
-        entry = {"function": function, "impl": impl, "adapter": adapter, "cases": len(report.results), "passed": 0,
+        entry = {"function": function, "impl": impl, "adapter": adapter, "version": version,
+                 "cases": len(report.results), "passed": 0,
                  "failing": {}, "unsupported": {}, "unexplained": [], "listed_but_passed": []}
         for r in report.results:
             row = next((row for pattern, row in rows.items() if fnmatch.fnmatchcase(r.case_id, pattern)), None)
@@ -90,7 +91,7 @@ def measure(engine: str, timeout: float = 120.0) -> dict:
                 entry["unexplained"].append(f"{r.case_id} ({r.status})")
         entry["failing"] = dict(sorted(entry["failing"].items()))
         out.append(entry)
-    return {"engine": engine, "distribution": mod.DISTRIBUTION, "version": version, "rows": out}
+    return {"engine": engine, "distribution": mod.DISTRIBUTION, "rows": out}
 
 
 def measure_in_environment(engine: str) -> dict:
@@ -115,7 +116,16 @@ def peer_topics(spec: Path = ROOT / "specs" / "baselines.md") -> dict[str, str]:
         text = spec.read_text(encoding="utf-8")
     except OSError:
         return {}
-    return dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([^|]+?) \|", text, re.M))
+    topics, has_topic = {}, False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells:
+            has_topic = False
+        elif cells[:2] == ["row", "topic"]:
+            has_topic = True
+        elif has_topic and re.fullmatch(r"`[a-z0-9-]+`", cells[0]):
+            topics[cells[0].strip("`")] = cells[1]
+    return topics
 
 
 def verdict(entry: dict, topics: dict[str, str]) -> str:
@@ -155,18 +165,18 @@ def render(measurements: list[dict], topics: dict[str, str] | None = None) -> st
             if e["unexplained"]:
                 failing += f"; unexplained {len(e['unexplained'])}"
             unsupported = ", ".join(f"{o} {n}" for o, n in e["unsupported"].items()) or "—"
-            lines.append(f"| {m['engine']} | {m['version']} | `{e['function']}` | `{e['impl']}` | "
+            lines.append(f"| {m['engine']} | {e['version']} | `{e['function']}` | `{e['impl']}` | "
                          f"{e['passed']} of {e['cases']} | {failing} | {unsupported} | {verdict(e, topics)} |")
     lines += ["", "## The commands", "",
               "Each row is this command, in the engine's environment (tests/peers/setup_ENGINE.sh builds it);",
               "with the expected-failure file it exits 0, without it 1 wherever a row lists failures.", ""]
     for m in measurements:
-        lines.append(f"**{m['engine']} {m['version']}**")
-        lines.append("")
-        lines.append("```bash")
+        versions = ", ".join(dict.fromkeys(e["version"] for e in m["rows"]))
+        lines += [f"**{m['engine']} {versions}** (`bash tests/peers/setup_{m['engine']}.sh`)"
+                  if engine_module(m["engine"]).ENVIRONMENT else f"**{m['engine']} {versions}**", "", "```bash"]
         for e in m["rows"]:
             lines.append(f"espo-ref conform --impl {e['impl']} --function {e['function']} --adapter {e['adapter']} "
-                         f"--xfail-file {m['engine']}-{m['version']}")
+                         f"--xfail-file {m['engine']}-{e['version']}")
         lines.append("```")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

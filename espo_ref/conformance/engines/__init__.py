@@ -10,8 +10,12 @@ An engine adapter may define ``unsupported(function, config, kwargs) -> str | No
 of a case the engine does not offer. Such a case is not run; it is reported as unsupported with
 the option named, and does not count against the engine (the runner asks in its own process).
 
-The next engine is one module here, its adapters in ENGINE_ADAPTERS, its expected-failure
-file and its environment script under tests/peers/.
+The next engine is one module here (its adapters named ``<engine>`` or ``<engine>-<what>``,
+its place in ORDER), its expected-failure file beside it and its environment script
+``tests/peers/setup_<engine>.sh``. The module declares ENGINE, DISTRIBUTION (the package whose
+version selects the expected-failure file), ENVIRONMENT (its folder in the repository root, or
+None for the project's own environment) and MATRIX: ``(function, callable, adapter)`` rows, or
+``(function, callable, adapter, distribution)`` where one environment holds two releases.
 """
 
 from __future__ import annotations
@@ -24,11 +28,28 @@ from ..errors import SetupError
 
 HERE = Path(__file__).resolve().parent
 
-# the engines of the conformance matrix, in its order (each a module here)
-ENGINES: tuple[str, ...] = ("verl", "trl")
+# the order of the conformance matrix; an engine is a module here, its adapters named
+# "<engine>" or "<engine>-<what>" (verl, verl-advantage)
+ORDER = ("verl", "trl", "trinity", "skyrl", "areal", "openrlhf")
+_MODULES = sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
+ENGINES: tuple[str, ...] = tuple(e for e in ORDER if e in _MODULES) + tuple(e for e in _MODULES if e not in ORDER)
 
-# adapter name -> the engine module that registers it
-ENGINE_ADAPTERS: dict[str, str] = {"verl": "verl", "verl-advantage": "verl", "trl": "trl"}
+
+class _AdapterNames(dict):
+    """adapter name -> the engine module that registers it (by the naming rule)."""
+
+    def get(self, name, default=None):
+        engine = str(name).split("-", 1)[0]
+        return engine if engine in ENGINES else default
+
+    def __contains__(self, name) -> bool:
+        return self.get(name) is not None
+
+    def __iter__(self):
+        return iter(ENGINES)
+
+
+ENGINE_ADAPTERS = _AdapterNames()
 
 
 def engine_adapter(name: str):
@@ -81,3 +102,9 @@ def engine_module(engine: str):
     if engine not in ENGINES:
         raise SetupError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
     return importlib.import_module(f"{__name__}.{engine}")
+
+
+def matrix_rows(engine: str) -> list[tuple[str, str, str, str]]:
+    """[CONF-MATRIX] ``(function, callable, adapter, distribution)`` for each row of ``engine``'s MATRIX."""
+    mod = engine_module(engine)
+    return [tuple(row) if len(row) == 4 else (*row, mod.DISTRIBUTION) for row in mod.MATRIX]
