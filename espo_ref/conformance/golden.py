@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -359,6 +360,373 @@ def _baseline_cases() -> Iterator[GoldenCase]:
                                  inputs, dict(config), {}, expected, f"generated: seed [5, {v_index}, {seed}]")
 
 
+# --- the baselines where the engines read them differently ([BASE-PEERS]) -------------------
+#
+# Each variant below aims at a clause an engine may compute differently: an empty response
+# under every aggregation mode, non-finite padding (engines multiply by the mask after the
+# arithmetic), ratios exactly on and just off each clip and dual-clip bound, log-ratios on and
+# beyond each clamp, the dual clip on and off. Float64 unless said; bound cases are float64 only.
+
+AGG_MODES = (("token-mean", None), ("seq-mean-token-mean", None), ("seq-mean-token-sum", None),
+             ("seq-mean-token-sum-norm", None), ("seq-mean-token-sum-norm", 24))
+METHOD_CLAUSES = {"grpo_loss": ["BASE-GRPO"], "dapo_loss": ["BASE-DAPO"], "gspo_loss": ["BASE-GSPO"],
+                  "gmpo_loss": ["BASE-GMPO"], "cispo_loss": ["BASE-CISPO"]}
+# The log-ratio noise of a random batch: each method's clip is crossed by some tokens, not all.
+EDGE_SCALES = {"grpo_loss": 0.3, "dapo_loss": 0.3, "gspo_loss": 5e-4, "gmpo_loss": 0.4, "cispo_loss": 1.0}
+
+
+def _agg_name(mode: str, max_len: int | None) -> str:
+    return "agg-" + mode + ("" if max_len is None else f"-max{max_len}")
+
+
+def _edge_variants() -> list[tuple[str, str, dict, list[str], str]]:
+    """(function, name, config, clauses, kind); kind picks the inputs: "agg" and "padding" random
+    batches, "wide" ratios far outside the clip, "bounds" ratios on and next to each bound,
+    "clamp" log-ratios on and beyond each clamp (see _edge_cases)."""
+    out: list[tuple[str, str, dict, list[str], str]] = []
+    for function in ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss"):
+        levels = [("", {})] + ([("sequence-", {"level": "sequence"})] if function == "gspo_loss" else [])
+        for prefix, level in levels:
+            extra = ["BASE-GSPO-SEQ"] if level else []
+            for mode, max_len in AGG_MODES:
+                config = {**level, "loss_agg_mode": mode, **({} if max_len is None else {"max_len": max_len})}
+                out.append((function, prefix + _agg_name(mode, max_len), config,
+                            extra + ["BASE-AGG", "BASE-AGG-EMPTY"], "agg"))
+            out.append((function, prefix + "nonfinite-padding", dict(level), extra + ["BASE-INPUT"], "padding"))
+    bounds = ["BASE-METRICS"]
+    clamp = ["BASE-RATIO-CLAMP"]
+    dual = ["BASE-GRPO-DUALCLIP"]
+    for function in ("grpo_loss", "dapo_loss"):
+        out += [
+            (function, "clip-boundary", {}, bounds, "bounds"),
+            (function, "dual-clip-boundary", {"dual_clip": 3.0}, dual + bounds, "bounds"),
+            (function, "dual-clip-beyond", {"dual_clip": 3.0}, dual, "wide"),
+            (function, "dual-clip-below-clip", {"dual_clip": 1.1}, dual, "wide"),
+            (function, "dual-clip-off", {}, dual, "wide"),
+            (function, "clamp-boundary", {}, clamp, "clamp"),
+            (function, "clamp-boundary-dual-clip", {"dual_clip": 3.0}, clamp + dual, "clamp"),
+            (function, "clamp-5", {"log_ratio_clamp": 5.0}, clamp, "clamp"),
+            (function, "no-clamp", {"log_ratio_clamp": None}, clamp, "clamp"),
+        ]
+    out += [
+        ("gspo_loss", "clip-boundary", {}, bounds, "bounds"),
+        ("gspo_loss", "sequence-clip-boundary", {"level": "sequence"}, ["BASE-GSPO-SEQ"] + bounds, "bounds"),
+        ("gspo_loss", "clamp-boundary", {}, clamp, "clamp"),
+        ("gspo_loss", "sequence-clamp-boundary", {"level": "sequence"}, ["BASE-GSPO-SEQ"] + clamp, "clamp"),
+        ("gspo_loss", "clamp-5", {"log_ratio_clamp": 5.0}, clamp, "clamp"),
+        ("gspo_loss", "sequence-no-clamp", {"level": "sequence", "log_ratio_clamp": None},
+         ["BASE-GSPO-SEQ"] + clamp, "clamp"),
+        ("gmpo_loss", "clip-boundary", {}, bounds, "bounds"),
+        ("gmpo_loss", "clip-boundary-narrow", {"eps_low": 0.1, "eps_high": 0.2}, bounds, "bounds"),
+        ("gmpo_loss", "beyond-token-clamp", {}, clamp, "clamp"),
+        ("gmpo_loss", "wide-ratios", {}, [], "wide"),
+        ("cispo_loss", "cap-boundary", {}, bounds, "bounds"),
+        ("cispo_loss", "bounds-boundary", {"eps_low": 0.2, "eps_high": 0.28}, bounds, "bounds"),
+        ("cispo_loss", "lower-bound", {"eps_low": 0.5}, bounds, "wide"),
+        ("cispo_loss", "no-lower-bound", {"eps_low": 2.0}, bounds, "wide"),
+        ("cispo_loss", "cap-2", {"eps_high": 1.0}, bounds, "wide"),
+        ("cispo_loss", "clamp-boundary", {}, clamp, "clamp"),
+        ("cispo_loss", "clamp-5", {"log_ratio_clamp": 5.0}, clamp, "clamp"),
+        ("cispo_loss", "clamp-uncapped", {"eps_high": 1e12}, clamp, "clamp"),
+        ("cispo_loss", "no-clamp-uncapped", {"eps_high": 1e12, "log_ratio_clamp": None}, clamp, "clamp"),
+    ]
+    return out
+
+
+def _edge_mask(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """Rows of random response patterns (B >= 4, T >= 3), among them an empty row, a full row,
+    a non-contiguous row (first and last tokens with a hole between) and a one-token row."""
+    mask = rng.random((B, T)) < 0.6
+    empty, full, holed, single = (int(i) for i in rng.permutation(B)[:4])
+    mask[empty] = False
+    mask[full] = True
+    mask[holed] = True
+    mask[holed, 1 + rng.permutation(T - 2)[: int(rng.integers(1, T - 1))]] = False
+    mask[single] = False
+    mask[single, rng.integers(T)] = True
+    return mask
+
+
+def _garbage_padding(x: np.ndarray, mask: np.ndarray, shift: int) -> np.ndarray:
+    """x with NaN, +inf and -inf in turn at its padding positions (row-major, ``shift`` turns the
+    cycle so that logp, old_logp and the advantages hold different values at one position)."""
+    out = np.array(x, dtype=np.float64)
+    cycle = (np.nan, np.inf, -np.inf)
+    for k, index in enumerate(np.argwhere(~mask)):
+        out[tuple(index)] = cycle[(k + shift) % 3]
+    return out
+
+
+def _edge_advantages(rng: np.random.Generator, B: int, T: int, per_token: bool) -> np.ndarray:
+    """Random advantages of both signs, a few exactly 0 (GMPO gives A = 0 tokens no log-ratio)."""
+    adv = rng.normal(size=(B, T) if per_token else B)
+    adv[rng.random(adv.shape) < 0.1] = 0.0
+    return adv
+
+
+def _random_batch(rng, function, dtype, per_token, wide=False):
+    B, T = int(rng.integers(4, 8)), int(rng.integers(3, 17))
+    mask = _edge_mask(rng, B, T)
+    scale = 1.5 if wide else EDGE_SCALES[function] * (1.0, 0.3)[int(rng.integers(2))]
+    logp, old = _log_probs(rng, B, T, scale, False)
+    adv = _edge_advantages(rng, B, T, per_token)
+    logp, old, adv = (round_to_dtype(x, dtype) for x in (logp, old, adv))
+    return {"logp": logp, "old_logp": old, "mask": mask, "advantages": adv}
+
+
+def _with_garbage(inputs: dict) -> dict:
+    """Non-finite values in every padding position of logp, old_logp and [B, T] advantages; a
+    per-response advantage of an empty response (it applies to no response token) is NaN."""
+    mask = inputs["mask"]
+    out = dict(inputs, logp=_garbage_padding(inputs["logp"], mask, 0),
+               old_logp=_garbage_padding(inputs["old_logp"], mask, 1))
+    adv = inputs["advantages"]
+    if adv.ndim == 2:
+        out["advantages"] = _garbage_padding(adv, mask, 2)
+    else:
+        out["advantages"] = np.where(mask.any(axis=1), adv, np.nan)
+    return out
+
+
+# --- inputs on a bound, exactly or a few ulps off ----------------------------------------------
+
+_ULP_CLOSE = 0.02  # the true exp of a bound's log-ratio lies within 2% of an ulp of the bound
+
+
+def _exp_exact_near(d: float) -> Decimal:
+    """exp(d) to 50 significant digits (d is exact as a Decimal)."""
+    with localcontext() as ctx:
+        ctx.prec = 50
+        return Decimal(d).exp()
+
+
+def _ratio_bound_near(value: float) -> tuple[float, float]:
+    """(r, d): a float r near ``value`` and a float64 log-ratio d whose true exp lies within 2% of
+    an ulp of r, so that any exp within 0.48 ulp returns r exactly. Near some values (0.8, 3, 5)
+    the exps of neighbouring floats d fall on a few fixed fractions of an ulp, none close to a
+    float: the search then moves by 1e-7 relative steps until one is (the bound is set onto r)."""
+    for m in range(200):
+        base = value * (1.0 + ((m + 1) // 2) * (-1) ** m * 1e-7)
+        d0 = math.log(base)
+        for k in range(400):
+            d = float(d0 + ((k + 1) // 2) * (-1) ** k * np.spacing(d0))
+            true = _exp_exact_near(d)
+            r = float(true)
+            if abs(true - Decimal(r)) < Decimal(float(np.spacing(r))) * Decimal(_ULP_CLOSE):
+                return r, d
+    raise RuntimeError(f"no exactly reachable ratio near {value!r}")
+
+
+def _log_ratio_off(r: float, side: int) -> float:
+    """A float64 log-ratio whose true exp lies 4 to 16 ulps of r above (side +1) or below (side -1)
+    r: just off the bound, on a side no exp can flip."""
+    ulp = Decimal(float(np.spacing(r)))
+    d0 = math.log(r + side * 8 * float(np.spacing(r)))
+    for k in range(4000):
+        d = float(d0 + ((k + 1) // 2) * (-1) ** k * np.spacing(d0))
+        if 4 <= side * (_exp_exact_near(d) - Decimal(r)) / ulp <= 16:
+            return d
+    raise RuntimeError(f"no log-ratio just off {r!r} (side {side})")
+
+
+def _pair_with_difference(rng: np.random.Generator, d: float) -> tuple[float, float]:
+    """(logp, old_logp), both < 0, with logp - old_logp == d exactly in float64: the one of larger
+    magnitude is -(|d| + x) rounded, the other that plus d, exact because it is a multiple of
+    ulp(d) smaller than |d| (and the difference of the two is then d exactly)."""
+    x = abs(d) * float(rng.uniform(0.05, 0.5))
+    if d > 0:
+        old = -(d + x)
+        logp = old + d
+    else:
+        logp = -(-d + x)
+        old = logp - d
+    assert logp - old == d and logp < 0 and old < 0, (d, logp, old)
+    return logp, old
+
+
+def _bound_targets(function: str, config: dict) -> list[tuple[str, float, bool]]:
+    """(what, value, in_log_space) of every bound of the method's clip that an input can sit on."""
+    cfg = FUNCTIONS[function].make_config(config or {})
+    if function == "gmpo_loss":
+        return [("high", cfg.eps_high, True), ("low", -cfg.eps_low, True)]
+    out = [("high", 1.0 + cfg.eps_high, False)]
+    if 1.0 - cfg.eps_low > 0:
+        out.append(("low", 1.0 - cfg.eps_low, False))
+    if getattr(cfg, "dual_clip", None) is not None:
+        out.append(("dual", float(cfg.dual_clip), False))
+    return out
+
+
+def _exact_bounds(function: str, config: dict) -> tuple[dict, list[list[float]]]:
+    """The config with each ratio bound moved onto a float that exp reaches exactly (a few ulps
+    from the given one), and per bound the log-ratios exactly on it, just above and just below.
+    GMPO's bounds are on the log-ratio itself: a difference lands on them exactly."""
+    config = dict(config)
+    diffs = []
+    for what, value, in_log in _bound_targets(function, config):
+        if in_log:
+            diffs.append([value] + [float(value + side * 8 * np.spacing(value)) for side in (1, -1)])
+            continue
+        r, d = _ratio_bound_near(value)
+        if what == "dual":
+            config["dual_clip"] = r
+        else:  # the shortest decimal offset that puts the bound on r (the given one where it does)
+            sign = 1.0 if what == "high" else -1.0
+            key = "eps_high" if what == "high" else "eps_low"
+            given = getattr(FUNCTIONS[function].make_config(config), key)
+            offsets = [given] + [round(sign * (r - 1.0), n) for n in range(1, 18)] + [sign * (r - 1.0)]
+            offset = next(e for e in offsets if 1.0 + sign * e == r)
+            if offset != given or key in config:
+                config[key] = offset
+        diffs.append([d] + [_log_ratio_off(r, side) for side in (1, -1)])
+    return config, diffs
+
+
+def _bounds_batch(rng, function, diffs, per_token):
+    """Tokens (GSPO: responses) whose ratio sits exactly on each clip bound, and just off it, for
+    advantages of both signs; holes in the rows and an empty row as elsewhere."""
+    flat = [d for ds in diffs for d in ds]
+    flat = [flat[i] for i in rng.permutation(len(flat))]
+    # per-token advantages: a token's sign flipped in both copies, so each log-ratio still meets both signs
+    flips = per_token & (rng.random(len(flat)) < 0.5)
+    pairs = rng.random(len(flat)) < 0.5
+    rows: list[list[tuple[float, float]]] = []  # per row: (log-ratio, advantage) of its tokens
+    for sign in (1.0, -1.0):
+        if function == "gspo_loss":  # one bound per response: one token, or two equal log-ratios
+            for d, flip, pair in zip(flat, flips, pairs):
+                a = sign * float(rng.uniform(0.5, 2.0))
+                rows.append([(d, a), (d, -a if flip else a)] if pair else [(d, a)])
+        else:
+            row = []
+            for d, flip in zip(flat, flips):
+                a = sign * float(rng.uniform(0.5, 2.0))
+                row.append((d, -a if flip else a))
+            rows.append(row)
+    rows.append([])
+    return _assemble(rng, rows, per_token)
+
+
+def _clamp_differences(function: str, config: dict) -> list[list[float]]:
+    """Rows of log-ratios on, just inside, just beyond and far beyond the method's clamp."""
+    cfg = FUNCTIONS[function].make_config(config or {})
+    c = getattr(cfg, "log_ratio_clamp", None)
+    if c is None:
+        c = 20.0 if function != "gspo_loss" else 10.0  # what an engine with a clamp would cut
+    off = 16 * float(np.spacing(c))
+    if function == "gspo_loss":  # the response mean, clamped above only
+        return [[c], [c - 0.5, c + 0.5], [c + off], [c - off], [c + 1, c + 2, c + 3], [-c - 5.0, -c - 5.0],
+                [c + 15.0], [0.5 * c, -0.25 * c]]
+    if function == "gmpo_loss":  # no clamp: far beyond any token clamp, both signs
+        return [[25.0, -0.125], [-25.0, 0.25], [30.0], [-30.0, 0.0625], [c, -c, c + 5]]
+    return [[c, -c, c + off, -c - off, c - off, -c + off], [c + 5.0, -c - 5.0, 0.25, -0.5],
+            [c + 5.0, -c - 5.0, c, -c]]
+
+
+def _clamp_batch(rng, function, config, per_token):
+    rows = []
+    for diffs in _clamp_differences(function, config):
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        for s in (sign, -sign):  # each row of log-ratios once with each sign of the advantage
+            row = []
+            for d in diffs:
+                a = s * float(rng.uniform(0.5, 2.0))
+                row.append((d, -a if per_token and rng.random() < 0.5 else a))
+            rows.append(row)
+    rows.append([])
+    return _assemble(rng, rows, per_token)
+
+
+def _assemble(rng, rows, per_token):
+    """Lay rows of (log-ratio, advantage) tokens into a [B, T] batch with holes and random
+    (finite) padding; a per-response advantage is the row's first token's."""
+    T = max(2 * max(len(r) for r in rows), 3)
+    B = len(rows)
+    mask = np.zeros((B, T), dtype=bool)
+    logp, old = _log_probs(rng, B, T, 0.1, False)
+    adv = _edge_advantages(rng, B, T, per_token)
+    for b, row in enumerate(rows):
+        slots = np.sort(rng.permutation(T)[: len(row)])
+        for t, (d, a) in zip(slots, row):
+            mask[b, t] = True
+            logp[b, t], old[b, t] = _pair_with_difference(rng, d)
+            if per_token:
+                adv[b, t] = a
+        if row and not per_token:
+            adv[b] = row[0][1]
+    return {"logp": logp, "old_logp": old, "mask": mask, "advantages": adv}
+
+
+def _edge_margin(function: str, inputs: dict, config: dict, dtype: str) -> bool:
+    """True when no clip, dual-clip or clamp decision of a low-precision case sits within reach of
+    float32 rounding (always True in float64): the decision values (GSPO: the response means of
+    the log-ratio; the others: the token log-ratios) keep 1e-5 from each bound in log space and
+    1e-3 from each clamp."""
+    if dtype == "float64":
+        return True
+    cfg = FUNCTIONS[function].make_config(config or {})
+    mask = inputs["mask"]
+    x = np.where(mask, inputs["logp"], 0.0) - np.where(mask, inputs["old_logp"], 0.0)
+    if function == "gspo_loss":
+        x = np.where(mask, x.sum(axis=1, keepdims=True) / np.maximum(mask.sum(axis=1, keepdims=True), 1), 0.0)
+    bounds = [v if function == "gmpo_loss" else math.log(v) for _, v, _ in _bound_targets(function, config)]
+    c = getattr(cfg, "log_ratio_clamp", None)
+    near = np.zeros_like(mask)
+    for b in bounds:
+        near |= np.abs(x - b) < 1e-5 * max(1.0, abs(b))
+    for b in [] if c is None else [c, -c]:
+        near |= np.abs(x - b) < 1e-3
+    return not (mask & near).any()
+
+
+def _edge_cases() -> Iterator[GoldenCase]:
+    for v_index, (function, name, config, clauses, kind) in enumerate(_edge_variants()):
+        if kind == "agg":
+            plan = [("float64", seed) for seed in range(4)]
+        elif kind == "padding":
+            plan = [("float64", 0), ("float64", 1), ("float32", 0), ("bfloat16", 0)]
+        else:
+            plan = [("float64", 0), ("float64", 1)]
+        if kind == "bounds":
+            config, diffs = _exact_bounds(function, config)
+        for dtype, seed in plan:
+            # seeds: per-response advantages on even seeds, per-token on odd ones
+            per_token = seed % 2 == 1
+            garbage = kind == "padding" or (kind == "agg" and seed >= 2)
+            for attempt in range(200):
+                rng = np.random.default_rng([6, v_index, seed, attempt, len(dtype)])
+                if kind in ("agg", "padding", "wide"):
+                    inputs = _random_batch(rng, function, dtype, per_token, wide=kind == "wide")
+                elif kind == "bounds":
+                    inputs = _bounds_batch(rng, function, diffs, per_token)
+                else:
+                    inputs = _clamp_batch(rng, function, config, per_token)
+                if _edge_margin(function, inputs, config, dtype):
+                    break
+            else:
+                raise RuntimeError(f"no well-conditioned draw for {function}/{name}/{dtype}/{seed}")
+            if garbage:
+                inputs = _with_garbage(inputs)
+            expected = reference_outputs(FUNCTIONS[function], inputs, config, {})
+            case_clauses = METHOD_CLAUSES[function] + list(clauses)
+            extra = []
+            if garbage:
+                extra.append("BASE-INPUT")
+            if not inputs["mask"].any(axis=1).all():
+                extra.append("BASE-AGG-EMPTY")
+            if expected["metrics"].get("clamped_frac", 0.0) > 0 or (
+                    function != "gmpo_loss" and config.get("log_ratio_clamp", 0.0) is None):
+                extra.append("BASE-RATIO-CLAMP")
+            if config.get("dual_clip") is not None:
+                extra.append("BASE-GRPO-DUALCLIP")
+            if "loss_agg_mode" in config:
+                extra.append("BASE-AGG")
+            for clause in extra + ["BASE-METRICS"]:
+                if clause not in case_clauses:
+                    case_clauses.append(clause)
+            yield GoldenCase(f"{function}/{name}/{dtype}/{seed}", function, case_clauses, dtype, inputs,
+                             dict(config), {}, expected, f"generated: seed [6, {v_index}, {seed}, {attempt}]")
+
+
 def _handworked_cases() -> Iterator[GoldenCase]:
     """The spec's hand-worked cases: inputs and expected values from the spec text only."""
     from .handworked import TOKEN_INPUTS, evaluate, load_cases, token_arrays
@@ -444,7 +812,7 @@ def _row_table_cases(case, spec) -> Iterator[GoldenCase]:
 
 
 def build_cases() -> list[GoldenCase]:
-    return [*_handworked_cases(), *_component_cases(), *_espo_cases(), *_baseline_cases()]
+    return [*_handworked_cases(), *_component_cases(), *_espo_cases(), *_baseline_cases(), *_edge_cases()]
 
 
 # --- files --------------------------------------------------------------------------------
