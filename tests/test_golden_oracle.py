@@ -40,7 +40,8 @@ def _oracle(case):
         out = BASELINE_ORACLES[case.function](_lists(x["logp"]), _lists(x["old_logp"]), _lists(x["mask"]),
                                               _lists(adv), cfg)
         out = {**out, "clipped_high": out["high"], "clipped_low": out["low"],
-               "metrics": {k: out[k] for k in ("clipfrac", "clipfrac_high", "clipfrac_low") if k in out}}
+               "metrics": {k: out[k] for k in ("clipfrac", "clipfrac_high", "clipfrac_low", "clipfrac_dual",
+                                                 "clamped_frac", "capped_frac") if k in out}}
         return out, 1.0
     if case.function == "entropy_groups":
         mask = _lists(x["mask"])
