@@ -2,6 +2,7 @@
 failing mutants that name their clause, and the command line."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -153,3 +154,109 @@ def test_CONF_ADAPTERS_adapter_named_by_module_path_is_loaded(capsys):
     out = capsys.readouterr().out
     assert "espo_loss [test_conformance:_LossOnlyAdapter/numpy/cpu, profile full]" in out
     assert "not compared: " in out and "grad" in out.split("not compared: ")[1] and "(--fields)" in out
+
+
+BASE_LOSSES = ("grpo_loss", "dapo_loss", "gspo_loss", "gmpo_loss", "cispo_loss")
+
+
+def _padding(case, name):
+    """The values of an input at padding: [B, T] arrays at mask 0, a per-response [B] array at
+    the responses without a token."""
+    mask, x = case.inputs["mask"].astype(bool), case.inputs[name]
+    return x[~mask] if x.shape == mask.shape else x[~mask.any(axis=1)]
+
+
+def _nonfinite_kinds(values):
+    return {"nan" if np.isnan(v) else "+inf" if v > 0 else "-inf" for v in values if not np.isfinite(v)}
+
+
+def _token_values(case):
+    """(mask, [B, T] advantages, raw log-ratio, reference ratio) of a baseline case."""
+    mask = case.inputs["mask"].astype(bool)
+    adv = case.inputs["advantages"]
+    adv = np.broadcast_to(adv[:, None], mask.shape) if adv.ndim == 1 else adv
+    with np.errstate(invalid="ignore"):
+        log_r = np.where(mask, case.inputs["logp"] - case.inputs["old_logp"], 0.0)
+    return mask, adv, log_r, case.expected["ratio"]
+
+
+@pytest.mark.parametrize("function", BASE_LOSSES)
+def test_baseline_cases_reach_every_place_an_engine_reads_differently(function):
+    """[BASE-PEERS] [BASE-INPUT] [BASE-AGG-EMPTY] Each baseline has generated cases where engines part
+    from the spec: NaN, +inf and -inf in the padding of logp and old_logp (and of per-token advantages)
+    in every dtype; every aggregation mode (sum-norm with and without max_len) with an empty and a
+    non-contiguous response and both advantage shapes; ratios exactly on and just off each clip and
+    dual-clip bound for both signs of A (exact for any exp: math.exp agrees); log-ratios on and beyond
+    each clamp; GRPO/DAPO with the dual clip on and off."""
+    spec = FUNCTIONS[function]
+    cases = [c for c in CASES if c.function == function and c.source.startswith("generated")]
+    garbage = [c for c in cases if all(_nonfinite_kinds(_padding(c, k)) == {"nan", "+inf", "-inf"}
+                                       for k in ("logp", "old_logp"))]
+    assert {c.dtype for c in garbage} == {"float64", "float32", "bfloat16"}
+    assert all("BASE-INPUT" in c.clauses for c in garbage)
+    per_token = [c for c in garbage if c.inputs["advantages"].ndim == 2]
+    assert per_token and all(_nonfinite_kinds(_padding(c, "advantages")) == {"nan", "+inf", "-inf"} for c in per_token)
+    assert any(c.inputs["advantages"].ndim == 1 and np.isnan(_padding(c, "advantages")).any() for c in garbage)
+
+    def holed(case):  # a response whose tokens are not contiguous
+        return any(row.any() and np.ptp(np.flatnonzero(row)) + 1 > row.sum() for row in case.inputs["mask"].astype(bool))
+
+    for mode in espo_ref.config.LOSS_AGG_MODES:
+        for given_max_len in ((False, True) if mode == "seq-mean-token-sum-norm" else (False,)):
+            hits = [c for c in cases if "BASE-AGG-EMPTY" in c.clauses
+                    and spec.make_config(c.config or {}).loss_agg_mode == mode
+                    and ((c.config or {}).get("max_len") is not None) == given_max_len
+                    and not c.inputs["mask"].any(axis=1).all() and holed(c)]
+            assert {c.inputs["advantages"].ndim for c in hits} == {1, 2}, (mode, given_max_len)
+            assert any(c in garbage for c in hits), (mode, given_max_len)
+
+    on, off = set(), set()
+    for case in cases:
+        if case.dtype != "float64":
+            continue
+        cfg = spec.make_config(case.config or {})
+        mask, adv, log_r, ratio = _token_values(case)
+        if function == "gmpo_loss":
+            bounds, value = [cfg.eps_high, -cfg.eps_low], log_r
+        else:
+            bounds = [1.0 + cfg.eps_high] + [1.0 - cfg.eps_low] * (cfg.eps_low < 1)
+            if getattr(cfg, "dual_clip", None) is not None:
+                bounds.append(cfg.dual_clip)
+            value = ratio
+        for i, b in enumerate(bounds):
+            kind = ("high", "low", "dual")[i]
+            for sign in (1, -1):
+                live = mask & (np.sign(adv) == sign)
+                exact = live & (value == b)
+                if exact.any() and (function == "gmpo_loss" or all(
+                        math.exp(x) == b for x in case.expected["log_ratio"][exact])):
+                    on.add((kind, sign))
+                if (live & (value != b) & (np.abs(value - b) <= 64 * abs(np.spacing(b)))).any():
+                    off.add((kind, sign))
+    kinds = {"high", "low"} | ({"dual"} if function in ("grpo_loss", "dapo_loss") else set())
+    want = {(k, s) for k in kinds for s in (1, -1)}
+    assert want <= on and want <= off, (sorted(want - on), sorted(want - off))
+
+    def beyond(case, c):
+        mask, _, log_r, _ = _token_values(case)
+        if function == "gspo_loss":
+            log_r = np.where(mask, log_r.sum(axis=1, keepdims=True) / np.maximum(mask.sum(axis=1, keepdims=True), 1), 0)
+        x = log_r[mask]
+        return (x == c).any() and (x > c).any() and (function == "gspo_loss" or ((x == -c).any() and (x < -c).any()))
+
+    if function == "gmpo_loss":  # no clamp: log-ratios far beyond any token clamp
+        assert any(beyond(c, 20.0) for c in cases if c.dtype == "float64")
+    else:
+        default = spec.make_config({}).log_ratio_clamp
+        assert any(beyond(c, default) for c in cases if (c.config or {}).get("log_ratio_clamp", default) == default)
+        assert any(beyond(c, default) for c in cases if (c.config or {}).get("log_ratio_clamp", 0) is None)
+        assert any("BASE-RATIO-CLAMP" in c.clauses and (c.config or {}).get("log_ratio_clamp") not in (None, default)
+                   for c in cases)
+    if function in ("grpo_loss", "dapo_loss"):
+        assert any(c.expected["metrics"]["clipfrac_dual"] > 0 for c in cases)
+
+        def dual_would_bind(case):
+            mask, adv, _, ratio = _token_values(case)
+            return (mask & (adv < 0) & (ratio > 3.0)).any()
+
+        assert any((c.config or {}).get("dual_clip") is None and dual_would_bind(c) for c in cases)
