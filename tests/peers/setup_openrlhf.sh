@@ -11,27 +11,12 @@
 # package metadata, so transformers does not report flash-attn as available. Re-running is a no-op
 # when neither this script nor the requirements changed. Facts: tests/peers/ENGINES.md.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-venv="${1:-$root/.venv-openrlhf}"
-req="$here/requirements-openrlhf.txt"
-stamp="$venv/.espo-ref-ready"
-want="openrlhf==0.11.2 deepspeed==0.19.6 torch==2.13.0 $(cat "$req" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
-pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    "${pip[@]}" install --no-deps -e "$root"
-    exit 0
-fi
-python3 -m venv --system-site-packages "$venv"
-echo '*' > "$venv/.gitignore"
-"$venv/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
-    || "${pip[@]}" install torch==2.13.0
-"${pip[@]}" install -r "$req"
+source "$(dirname "${BASH_SOURCE[0]}")/peer_env.sh"
+peer_env_begin openrlhf "openrlhf==0.11.2 deepspeed==0.19.6 torch==2.13.0" "${1:-}"
 # deepspeed's build imports torch: no build isolation (its requirements are in the requirements file)
 "${pip[@]}" install --no-deps --no-build-isolation deepspeed==0.19.6
 # after the requirements, so that pip's resolver never sees OpenRLHF's unmet declared requirements
 "${pip[@]}" install --no-deps openrlhf==0.11.2
-"${pip[@]}" install --no-deps -e "$root"
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mkdir -p "$site/flash_attn/utils"
 cat > "$site/flash_attn/__init__.py" <<'PY'
@@ -63,7 +48,5 @@ from flash_attn import absent
 
 all_gather = absent("utils.distributed.all_gather")
 PY
-# DS_ACCELERATOR=cpu: deepspeed's accelerator choice, said rather than detected (no warning on import)
-DS_ACCELERATOR=cpu "$venv/bin/python" -c "from openrlhf.models.loss import PolicyLoss, aggregate_loss"
-echo "$want" > "$stamp"
-echo "OpenRLHF 0.11.2 environment ready: $venv"
+export DS_ACCELERATOR=cpu  # deepspeed's accelerator, said rather than detected (no warning on import)
+peer_env_end "from openrlhf.models.loss import PolicyLoss, aggregate_loss" "OpenRLHF 0.11.2"

@@ -11,30 +11,13 @@
 # typing.TypedDict before 3.12): the import check below does so, as an adapter must. Re-running is a
 # no-op when neither this script nor the requirements changed. Facts: tests/peers/ENGINES.md.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-venv="${1:-$root/.venv-skyrl}"
-req="$here/requirements-skyrl.txt"
-stamp="$venv/.espo-ref-ready"
-want="skyrl-train==0.3.1 skyrl==0.4.0 torch==2.13.0 $(cat "$req" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
-pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    "${pip[@]}" install --no-deps -e "$root"
-    exit 0
-fi
-python3 -m venv --system-site-packages "$venv"
-echo '*' > "$venv/.gitignore"
-"$venv/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
-    || "${pip[@]}" install torch==2.13.0
-"${pip[@]}" install -r "$req"
+source "$(dirname "${BASH_SOURCE[0]}")/peer_env.sh"
+peer_env_begin skyrl "skyrl-train==0.3.1 skyrl==0.4.0 torch==2.13.0" "${1:-}"
 # after the requirements, so that pip's resolver never sees the wheels' unmet declared requirements
 "${pip[@]}" install --no-deps --ignore-requires-python skyrl-train==0.3.1 skyrl==0.4.0 skyrl-gym==0.4.0
-"${pip[@]}" install --no-deps -e "$root"
-"$venv/bin/python" -c "
+peer_env_end "
 import skyrl_train.utils.ppo_utils
 import typing, typing_extensions
 typing.TypedDict = typing_extensions.TypedDict
 import skyrl.backends.skyrl_train.utils.ppo_utils
-from skyrl.train.config import AlgorithmConfig"
-echo "$want" > "$stamp"
-echo "SkyRL (skyrl-train 0.3.1, skyrl 0.4.0) environment ready: $venv"
+from skyrl.train.config import AlgorithmConfig" "SkyRL (skyrl-train 0.3.1, skyrl 0.4.0)"
