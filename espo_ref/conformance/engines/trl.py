@@ -112,7 +112,7 @@ class TRLAdapter(Adapter):
             if config.get("loss_agg_mode", "token-mean") != "token-mean":
                 return f"loss_agg_mode={config['loss_agg_mode']} (TRL's cispo is a token mean)"
             if config.get("eps_low", 1.0) < 1.0:
-                return f"eps_low={config['eps_low']} (TRL's CISPO has no lower bound)"
+                return "eps_low < 1 (TRL's CISPO has no lower bound)"
         return None
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
