@@ -102,6 +102,12 @@ class VerlAdapter(Adapter):
         _import_verl_config()
         super().__init__(impl, function, backend, device)
 
+    @staticmethod
+    def unsupported(function: str, config: dict, kwargs: dict) -> str | None:
+        if function == "gspo_loss" and config.get("level", "token") == "sequence":
+            return "level=sequence (verl's GSPO is the token form only)"
+        return None
+
     def run(self, case: GoldenCase) -> dict[str, Any]:
         import torch
 
