@@ -79,7 +79,11 @@ def _agg_weights(m: np.ndarray, mode: str, max_len: int | None) -> np.ndarray:
             raise ESPOInputError(
                 f"max_len must be >= the longest response ({int(lengths.max())} tokens), got {norm}"
             )
-        per_row = np.full(lengths.shape, 1.0 / (responses * norm))
+        try:
+            per_row = np.full(lengths.shape, 1.0 / (responses * norm))  # exact int product, one rounding
+        except OverflowError:
+            raise ESPOInputError(f"max_len must be below 2**1024 to be a float64, got an int of "
+                                 f"{norm.bit_length()} bits") from None
     return np.where(m, per_row[:, None], 0.0)
 
 

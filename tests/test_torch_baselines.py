@@ -594,3 +594,31 @@ def test_BASE_CONFIG_torch_mirrors_numpy_signature(name):
     assert [p.default for p in positional] == [p.default for p in want.values()], name
     for cls in CONFIGS.values():
         assert getattr(et, cls.__name__) is cls
+
+
+@pytest.mark.parametrize("responses", [2, 4])
+@pytest.mark.parametrize("max_len", [2**62, 2**63 - 1, 2**64], ids=["2**62", "2**63-1", "2**64"])
+def test_BASE_AGG_a_huge_max_len_does_not_overflow_the_torch_weights(responses, max_len):
+    """N * M was an int64 product in torch: 2**62 flipped the loss's sign, 2**64 raised OverflowError."""
+    rng = np.random.default_rng(responses)
+    mask = np.ones((responses, 3), dtype=bool)
+    logp = rng.normal(-1.0, 0.1, mask.shape)
+    old = logp + rng.normal(0.0, 0.05, mask.shape)
+    adv = rng.normal(size=responses)
+    config = GRPOConfig(loss_agg_mode="seq-mean-token-sum-norm", max_len=max_len)
+    want = core.grpo_loss(logp, old, mask, adv, config)
+    got = et.grpo_loss(torch.tensor(logp, requires_grad=True), torch.tensor(old), torch.tensor(mask),
+                       torch.tensor(adv), config)
+    assert np.sign(got.loss.item()) == np.sign(want.loss)
+    np.testing.assert_allclose(got.loss.item(), want.loss, rtol=1e-12, atol=0)
+
+
+def test_BASE_AGG_a_max_len_beyond_float64_is_an_error_in_both_backends():
+    mask = np.ones((2, 3), dtype=bool)
+    logp = np.zeros((2, 3))
+    config = GRPOConfig(loss_agg_mode="seq-mean-token-sum-norm", max_len=2**1100)
+    for loss in (lambda: core.grpo_loss(logp, logp, mask, np.ones(2), config),
+                 lambda: et.grpo_loss(torch.tensor(logp, requires_grad=True), torch.tensor(logp), torch.tensor(mask),
+                                      torch.ones(2, dtype=torch.float64), config)):
+        with pytest.raises(ESPOInputError, match=r"max_len must be below 2\*\*1024"):
+            loss()

@@ -48,6 +48,14 @@ def _aggregation_weights(trained_seg: Segments, mask: torch.Tensor, *, dtype: to
     return trained_seg.to_tokens(per_group), k
 
 
+def _as_float(norm: int) -> float:
+    try:
+        return float(norm)
+    except OverflowError:
+        raise ESPOInputError(f"max_len must be below 2**1024 to be a float64, got an int of "
+                             f"{norm.bit_length()} bits") from None
+
+
 def _agg_weights(m: torch.Tensor, mode: str, max_len: int | None, dtype: torch.dtype,
                  validate: bool = True) -> torch.Tensor:
     """The weights of a checked boolean mask ``m`` (mode already checked). The two error
@@ -71,7 +79,8 @@ def _agg_weights(m: torch.Tensor, mode: str, max_len: int | None, dtype: torch.d
                 raise ESPOInputError(
                     f"max_len must be >= the longest response ({longest} tokens), got {norm}"
                 )
-        per_row = (1.0 / (responses * norm).to(dtype)).expand(lengths.shape)
+        # N * M in floating point, as the core's int-to-float: an int64 product overflows for a large M
+        per_row = (1.0 / (responses.to(dtype) * _as_float(norm))).expand(lengths.shape)
     return torch.where(m, per_row[:, None], torch.zeros((), dtype=dtype, device=m.device))
 
 
