@@ -55,6 +55,7 @@ def test_CONF_PEERS_openrlhf_mapping_agrees_and_a_wrong_mapping_disagrees(openrl
     ("dapo_loss", {"log_ratio_clamp": 5.0}, "log_ratio_clamp=5.0"),
     ("gspo_loss", {"loss_agg_mode": "token-mean"}, "loss_agg_mode=token-mean"),
     ("gspo_loss", {"level": "sequence", "loss_agg_mode": "seq-mean-token-sum"}, "loss_agg_mode=seq-mean-token-sum"),
+    ("gspo_loss", {"log_ratio_clamp": 5.0}, "log_ratio_clamp=5.0"),
 ])
 def test_CONF_PEERS_openrlhf_options_it_lacks_are_declared_by_name(function, config, option):
     said = engine.OpenRLHFAdapter.unsupported(function, config, {})
@@ -64,10 +65,10 @@ def test_CONF_PEERS_openrlhf_options_it_lacks_are_declared_by_name(function, con
 @pytest.mark.parametrize("function,config", [
     ("grpo_loss", {}), ("grpo_loss", {"loss_agg_mode": "token-mean", "dual_clip": 3.0}), ("dapo_loss", {}),
     ("dapo_loss", {"loss_agg_mode": "seq-mean-token-mean", "log_ratio_clamp": 20.0}), ("gspo_loss", {}),
-    ("gspo_loss", {"level": "sequence", "log_ratio_clamp": None}), ("gspo_loss", {"log_ratio_clamp": 5.0}),
+    ("gspo_loss", {"level": "sequence", "log_ratio_clamp": None}), ("gspo_loss", {"level": "token"}),
 ])
 def test_CONF_PEERS_openrlhf_options_it_offers_are_run(function, config):
-    """GSPO's token form and its clamp are run (rows gspo-level, gspo-clamp), not declared away."""
+    """GSPO's token form and our default clamp are run (rows gspo-level, gspo-clamp), not declared away."""
     assert engine.OpenRLHFAdapter.unsupported(function, config, {}) is None
 
 

@@ -19,8 +19,9 @@ Our options onto OpenRLHF's (specs/baselines.md [BASE-PEERS], subsection OpenRLH
   ``eps_low`` / ``eps_high``, ``dual_clip`` = ``dual_clip`` (None: off, OpenRLHF's default).
   OpenRLHF clamps the log-ratio to [-20, 20], fixed: another ``log_ratio_clamp`` is unsupported.
 * ``gspo_loss`` -> ``policy_loss_type="gspo"``: the sequence form without a clamp, a per-sample
-  mean (OpenRLHF forces it); our token form and clamp at 10 are run and differ where [BASE-PEERS]
-  rows ``gspo-level`` / ``gspo-clamp`` say.
+  mean (OpenRLHF forces it); our token form and our default clamp at 10 are run and differ where
+  [BASE-PEERS] rows ``gspo-level`` / ``gspo-clamp`` say; a clamp other than 10 or None (OpenRLHF's
+  own) is unsupported.
 * ``loss_agg_mode``: ``token-mean`` -> ``token_level_loss=True``; ``seq-mean-token-mean`` ->
   ``token_level_loss=False`` (OpenRLHF's ``--actor.loss_agg_mode`` offers these two);
   ``seq-mean-token-sum`` and ``seq-mean-token-sum-norm`` (and so ``max_len``) are unsupported, as
@@ -53,6 +54,7 @@ POLICY_LOSS_TYPES = {"grpo_loss": "ppo", "dapo_loss": "ppo", "gspo_loss": "gspo"
 # our loss_agg_mode -> PolicyLoss(token_level_loss=...), as OpenRLHF's trainer maps --actor.loss_agg_mode
 TOKEN_LEVEL_LOSS = {"token-mean": True, "seq-mean-token-mean": False}
 LOG_RATIO_CLAMP = 20.0  # PolicyLoss("ppo") clamps log r to [-20, 20], not configurable
+GSPO_CLAMP = 10.0  # our GSPO default, run against OpenRLHF's unclamped gspo ([BASE-PEERS] gspo-clamp)
 
 
 def _loss_batch_info():
@@ -108,6 +110,9 @@ class OpenRLHFAdapter(Adapter):
         if function != "gspo_loss" and ours.log_ratio_clamp != LOG_RATIO_CLAMP:
             return (f"log_ratio_clamp={ours.log_ratio_clamp} (OpenRLHF's ppo loss clamps the log-ratio at "
                     f"[-20, 20], fixed)")
+        if function == "gspo_loss" and ours.log_ratio_clamp not in (GSPO_CLAMP, None):
+            return (f"log_ratio_clamp={ours.log_ratio_clamp} (OpenRLHF's gspo does not clamp the sequence "
+                    f"log-ratio)")
         return None
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
