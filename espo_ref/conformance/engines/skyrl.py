@@ -10,7 +10,8 @@ calls it: ``fn(log_probs, old_log_probs, advantages, config=, loss_mask=, rollou
 log-probabilities and advantages ``[B, T]`` in the case's dtype (advantages ``[B]`` expanded along T),
 the old log-probabilities and advantages without gradient, and the loss mask as float32 0/1 (SkyRL's
 ``convert_prompts_responses_to_batch_tensors`` builds it so). The loss is the first element of the
-returned pair. SkyRL has no GMPO.
+returned pair. SkyRL has no GMPO. SkyRL's loguru messages are switched off in the worker (its gspo warns
+on every call outside ``sequence_mean``; a log line, not part of the loss).
 
 * skyrl-train 0.3.1 reduces inside the loss (``reduce_loss``). Its config is the shipped
   ``skyrl_train/config/ppo_base_config.yaml`` ``trainer.algorithm`` section (an OmegaConf DictConfig,
@@ -93,6 +94,15 @@ def skyrl_options(function: str, config: dict, T: int) -> dict[str, Any]:
 # --- the engine, imported once per worker process --------------------------------------------
 
 _LOADED: dict[str, Any] = {}
+
+
+def _quiet(package: str) -> None:
+    """SkyRL's gspo logs a loguru warning on every call outside sequence_mean: not part of the loss."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.disable(package)
 
 
 def _typed_dict_for_pydantic() -> None:
@@ -222,6 +232,7 @@ class SkyRLTrainAdapter(_SkyRLAdapter):
 
     def load(self) -> None:
         _skyrl_train_config()
+        _quiet("skyrl_train")
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
         logp, old, adv, mask = self.inputs(case)
@@ -239,6 +250,7 @@ class SkyRLBackendAdapter(_SkyRLAdapter):
 
     def load(self) -> None:
         _skyrl_modules()
+        _quiet("skyrl")
 
     def run(self, case: GoldenCase) -> dict[str, Any]:
         logp, old, adv, mask = self.inputs(case)
