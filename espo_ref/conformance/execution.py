@@ -33,7 +33,7 @@ from .._device import torch_device
 from ..errors import ESPOInputError
 from .adapters import ADAPTERS, BadResult, ImplementationExited, ImplementationRaised, TrackedImpl
 from .arrays import decode, encode
-from .engines import ENGINE_ADAPTERS, engine_adapter
+from .engines import ENGINE_ADAPTERS, before_import, engine_adapter
 from .errors import SetupError
 from .functions import FIELD_ORDER, FUNCTIONS
 from .golden import GoldenCase
@@ -190,7 +190,9 @@ def resolve(target: Target, fn: Callable | None = None):
     ``info`` holds the resolved function, adapter name, backend, what the adapter provides
     and the implementation's version. Every problem is a SetupError.
     """
-    fn = load_object(target.impl) if fn is None else fn
+    if fn is None:
+        before_import(target.adapter)  # an engine's shim, before its code loads
+        fn = load_object(target.impl)
     function = target.function
     if function is None:
         function = getattr(fn, "__name__", "espo_loss")

@@ -15,7 +15,8 @@ its place in ORDER), its expected-failure file beside it and its environment scr
 ``tests/peers/setup_<engine>.sh``. The module declares ENGINE, DISTRIBUTION (the package whose
 version selects the expected-failure file), ENVIRONMENT (its folder in the repository root, or
 None for the project's own environment) and MATRIX: ``(function, callable, adapter)`` rows, or
-``(function, callable, adapter, distribution)`` where one environment holds two releases.
+``(function, callable, adapter, distribution)`` where one environment holds two releases; it may
+define ``before_import()``, run before the engine's callable is imported.
 """
 
 from __future__ import annotations
@@ -108,3 +109,13 @@ def matrix_rows(engine: str) -> list[tuple[str, str, str, str]]:
     """[CONF-MATRIX] ``(function, callable, adapter, distribution)`` for each row of ``engine``'s MATRIX."""
     mod = engine_module(engine)
     return [tuple(row) if len(row) == 4 else (*row, mod.DISTRIBUTION) for row in mod.MATRIX]
+
+
+def before_import(adapter: str) -> None:
+    """[CONF-PEERS] What an engine needs done before its code is imported (its module's
+    ``before_import()``: a typing shim, an environment variable), for the adapter ``adapter``."""
+    engine = ENGINE_ADAPTERS.get(adapter)
+    if engine is not None:
+        hook = getattr(engine_module(engine), "before_import", None)
+        if hook is not None:
+            hook()

@@ -57,6 +57,14 @@ LOG_RATIO_CLAMP = 20.0  # PolicyLoss("ppo") clamps log r to [-20, 20], not confi
 GSPO_CLAMP = 10.0  # our GSPO default, run against OpenRLHF's unclamped gspo ([BASE-PEERS] gspo-clamp)
 
 
+def before_import() -> None:
+    """[CONF-PEERS] Run by the runner before it imports OpenRLHF: deepspeed's accelerator said, not
+    detected (else every run prints its "Setting accelerator to CPU" warning)."""
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def _loss_batch_info():
     """OpenRLHF's ``get_loss_batch_info`` (imported once per process, with the engine)."""
     try:

@@ -115,6 +115,11 @@ def _typed_dict_for_pydantic() -> None:
         typing.TypedDict = typing_extensions.TypedDict
 
 
+def before_import() -> None:
+    """[CONF-PEERS] Run by the runner before it imports a SkyRL callable: the TypedDict shim."""
+    _typed_dict_for_pydantic()
+
+
 def _skyrl_train_config():
     """skyrl-train 0.3.1: the shipped trainer.algorithm defaults (OmegaConf)."""
     if "skyrl-train" not in _LOADED:
