@@ -84,7 +84,7 @@ def measure(engine: str, timeout: float = 120.0) -> dict:
                 if row is not None:
                     entry["listed_but_passed"].append(r.case_id)
             elif r.unsupported_option:
-                option = re.sub(r"=-?[0-9][0-9.e+-]*(?= |$)", "", r.unsupported_option)  # one entry per option, any value
+                option = re.sub(r"=(?:None|-?[0-9][0-9.e+-]*)(?= |$)", "", r.unsupported_option)  # one per option
                 entry["unsupported"][option] = entry["unsupported"].get(option, 0) + 1
             elif row is not None:
                 entry["failing"][row] = entry["failing"].get(row, 0) + 1
