@@ -429,6 +429,12 @@ def _edge_variants() -> list[tuple[str, str, dict, list[str], str]]:
         ("cispo_loss", "clamp-5", {"log_ratio_clamp": 5.0}, clamp, "clamp"),
         ("cispo_loss", "clamp-uncapped", {"eps_high": 1e12}, clamp, "clamp"),
         ("cispo_loss", "no-clamp-uncapped", {"eps_high": 1e12, "log_ratio_clamp": None}, clamp, "clamp"),
+        # per-token advantages of both signs inside responses whose s is clipped (an engine that
+        # replaces A_t by the response's mean advantage differs only there); the sequence form, so
+        # that the token form's gradient is not a second difference
+        ("gspo_loss", "sequence-mixed-sign-advantages", {"level": "sequence", "loss_agg_mode": "token-mean"},
+         ["BASE-GSPO-SEQ", "BASE-AGG"], "mixed"),
+        ("gspo_loss", "sequence-mixed-sign-advantages-seq-mean", {"level": "sequence"}, ["BASE-GSPO-SEQ"], "mixed"),
     ]
     return out
 
@@ -606,6 +612,30 @@ def _bounds_batch(rng, function, diffs, per_token):
     return _assemble(rng, rows, per_token)
 
 
+def _mixed_sign_batch(rng, function, config):
+    """GSPO responses (no empty one) of 2 to 6 tokens whose mean log-ratio lies outside the clip
+    range on either side (a few inside it), each clipped one with per-token advantages of both
+    signs and a mean advantage clear of 0; finite padding."""
+    cfg = FUNCTIONS[function].make_config(config or {})
+    high, low = math.log1p(cfg.eps_high), math.log1p(-cfg.eps_low)
+    rows = []
+    for kind in rng.permutation(["high", "high", "low", "low", "inside", "high", "low"]):
+        n = int(rng.integers(2, 7))
+        if kind == "inside":
+            m = float(rng.uniform(0.2 * low, 0.2 * high))
+        else:
+            bound = high if kind == "high" else low
+            m = bound * float(rng.uniform(3.0, 60.0))
+        noise = rng.normal(0.0, 0.01, size=n)
+        diffs = m + noise - noise.mean()
+        while True:
+            adv = rng.uniform(0.5, 2.0, size=n) * np.where(rng.random(n) < 0.5, 1.0, -1.0)
+            if kind == "inside" or ((adv > 0).any() and (adv < 0).any() and abs(adv.mean()) > 0.1):
+                break
+        rows.append([(float(d), float(a)) for d, a in zip(diffs, adv)])
+    return _assemble(rng, rows, True)
+
+
 def _clamp_differences(function: str, config: dict) -> list[list[float]]:
     """Rows of log-ratios on, just inside, just beyond and far beyond the method's clamp."""
     cfg = FUNCTIONS[function].make_config(config or {})
@@ -689,8 +719,8 @@ def _edge_cases() -> Iterator[GoldenCase]:
         if kind == "bounds":
             config, diffs = _exact_bounds(function, config)
         for dtype, seed in plan:
-            # seeds: per-response advantages on even seeds, per-token on odd ones
-            per_token = seed % 2 == 1
+            # seeds: per-response advantages on even seeds, per-token on odd ones ("mixed": always per-token)
+            per_token = seed % 2 == 1 or kind == "mixed"
             garbage = kind == "padding" or (kind == "agg" and seed >= 2)
             for attempt in range(200):
                 rng = np.random.default_rng([6, v_index, seed, attempt, len(dtype)])
@@ -698,6 +728,8 @@ def _edge_cases() -> Iterator[GoldenCase]:
                     inputs = _random_batch(rng, function, dtype, per_token, wide=kind == "wide")
                 elif kind == "bounds":
                     inputs = _bounds_batch(rng, function, diffs, per_token)
+                elif kind == "mixed":
+                    inputs = _mixed_sign_batch(rng, function, config)
                 else:
                     inputs = _clamp_batch(rng, function, config, per_token)
                 if _edge_margin(function, inputs, config, dtype):
