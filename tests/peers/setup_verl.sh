@@ -16,8 +16,9 @@ fi
 python3 -m venv "$venv"
 pip="$venv/bin/pip"
 "$pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$pip" install --quiet --disable-pip-version-check --no-deps verl==0.9.1
 "$pip" install --quiet --disable-pip-version-check -r "$req"
+# after the requirements, so that pip's resolver never sees (nor prints) verl's unmet declared requirements
+"$pip" install --quiet --disable-pip-version-check --no-deps verl==0.9.1
 "$pip" install --quiet --disable-pip-version-check --no-deps -e "$root"
 "$venv/bin/python" -c "import verl.trainer.ppo.core_algos, verl.workers.config, verl.workers.utils.losses"
 echo "$want" > "$stamp"
