@@ -188,3 +188,15 @@ def test_CONF_ADAPTERS_the_conformance_package_has_no_import_circle():
 
     circles = [c for c in map(cycle_from, graph) if c]
     assert not circles, " ; ".join(" -> ".join(c) for c in circles)
+
+
+def test_CONF_EXIT_the_summary_says_how_many_golden_cases_ran_of_all(capsys):
+    """A torch run printed "123 pass" where the README says 545 cases: the rest are other functions'."""
+    from espo_ref.conformance.golden import load
+
+    code = cli_main(["conform", "--impl", "espo_ref.torch:espo_loss", "--profile", "core"])
+    out = capsys.readouterr().out
+    cases = load()
+    core = [c for c in cases if c.function == "espo_loss" and not c.requires]
+    assert code == 0
+    assert f"golden cases run: {len(core)} of the {len(cases)}, those of espo_loss" in out

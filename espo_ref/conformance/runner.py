@@ -63,6 +63,8 @@ class Report:
     property_examples: int = 0
     error: str | None = None
     calling_convention: dict | None = None
+    golden_selected: int = 0  # golden cases of this function the selection kept
+    golden_total: int = 0  # golden cases of every function
 
     @property
     def unexpected(self) -> list[CaseResult]:
@@ -123,6 +125,7 @@ class Report:
             "isolated": self.isolated,
             "verdict_protected": self.isolated,
             "calling_convention": self.calling_convention,
+            "golden_cases": {"selected": self.golden_selected, "total": self.golden_total},
             "property_examples": self.property_examples,
             "conformant": self.conformant,
             "error": self.error,
@@ -249,6 +252,7 @@ def run_conformance(impl: Callable | str, function: str | None = None, adapter: 
             except (OSError, ValueError, KeyError) as exc:
                 raise SetupError(f"golden data: {exc}") from exc
         chosen = select(cases, target.function, include, exclude, profile)
+        report.golden_selected, report.golden_total = len(chosen), len(cases)
         xfail = xfail or {}
         known = read_xfail_file(info["known_differences"]) if info.get("known_differences") else {}
         for case in chosen:
@@ -341,6 +345,9 @@ def format_report(report: Report, verbose: bool = False) -> str:
     summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in STATUSES if counts.get(k))
     lines.append(f"{report.function} [{report.adapter}/{report.backend}/{report.device}, profile {report.profile}] "
                  f"{report.impl}: {summary or 'no cases'}")
+    if report.golden_total:
+        lines.append(f"golden cases run: {report.golden_selected} of the {report.golden_total}, those of "
+                     f"{report.function} that --profile and --include/--exclude keep (--function picks another)")
     missing = report.not_compared()
     if missing:
         why = "--fields" if report.fields is not None else f"the {report.adapter} adapter does not return them"
