@@ -94,6 +94,7 @@ def test_explain_reads_the_dump_of_conform_as_json_and_npz(tmp_path, capsys):
 @pytest.mark.parametrize("problem, word", [
     ("missing", "advantages"), ("pickle", "pickles"), ("no-vocab", "--vocab-size"), ("bad-option", "grouping"),
     ("suffix", ".npz or .json"), ("absent", "no such file"), ("mask", "boolean or 0/1"),
+    ("folder", "is a folder; give one batch file (.npz or .json) (it holds b.npz)"),
 ])
 def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, word):
     path = ties_batch(tmp_path / "b.npz")
@@ -117,6 +118,9 @@ def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, wo
         np.savez(path, **arrays)
     elif problem == "suffix":
         path = path.rename(tmp_path / "b.txt")
+    elif problem == "folder":  # a run's batches/ folder given whole
+        (tmp_path / "batches").mkdir()
+        path = path.rename(tmp_path / "batches" / "b.npz").parent
     else:
         path = tmp_path / "absent.npz"
     code, out, err = run_cli(capsys, path, *extra)

@@ -111,6 +111,10 @@ def load_batch(path) -> Batch:
     """[CONF-CASES] A batch from a ``.npz`` (``allow_pickle=False``) or a ``.json`` file."""
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*") if p.suffix in (".npz", ".json") and p.is_file())[:3]
+        hint = f" (it holds {', '.join(found)}{', ...' if len(found) == 3 else ''})" if found else ""
+        raise BatchError(f"{source}: is a folder; give one batch file (.npz or .json){hint}")
     if not path.is_file():
         raise BatchError(f"{source}: no such file")
     if path.suffix == ".npz":
