@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 def one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
-    """[CONF-EXIT] A usage error of this sub-command: one line on stderr, exit 2 (not the whole
-    usage)."""
+    """[CONF-EXIT] A usage error of this sub-command (``command=""``: of espo-ref itself, a mistyped
+    sub-command): one line on stderr, exit 2 (not the whole usage)."""
+
+    prog = f"espo-ref {command}".strip()
 
     def error(message: str):
-        print(f"espo-ref {command}: error: {message} (see espo-ref {command} --help)", file=sys.stderr)
+        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
 
     parser.error = error

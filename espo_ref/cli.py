@@ -228,6 +228,7 @@ def _explain(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="espo-ref", description="The ESPO reference implementation.")
     sub = parser.add_subparsers(dest="command", required=True)
+    one_line_errors(parser, "")  # a mistyped sub-command: one line too
 
     conform = sub.add_parser("conform", help="validate an implementation against the golden vectors",
                              description="Exit status: 0 conformant, 1 not conformant, 2 usage or setup error. "

@@ -200,3 +200,12 @@ def test_CONF_EXIT_the_summary_says_how_many_golden_cases_ran_of_all(capsys):
     core = [c for c in cases if c.function == "espo_loss" and not c.requires]
     assert code == 0
     assert f"golden cases run: {len(core)} of the {len(cases)}, those of espo_loss" in out
+
+
+@pytest.mark.parametrize("argv", [["conf"], []], ids=["typo", "none"])
+def test_CONF_EXIT_a_mistyped_or_missing_sub_command_is_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("espo-ref: error:") and "(see espo-ref --help)" in err
