@@ -96,6 +96,9 @@ def test_demo_overwrite_replaces_only_what_a_demo_writes(tmp_path, capsys, tiny_
     assert all(path.read_text() == "keep me" for path in mine)
     assert [r["step"] for r in read_metrics(tmp_path / "espo")] == [1, 2]
     assert (tmp_path / "report.md").exists() and (tmp_path / "gspo" / "checkpoints" / "latest.json").exists()
+    # a 2-step run's summaries are over its 2 steps, and say so (not "last 10")
+    report = (tmp_path / "report.md").read_text()
+    assert "reward, last 2 |" in report and "last 10" not in report
 
 
 def test_demo_steps_zero_is_a_usage_error(tmp_path, capsys):

@@ -130,9 +130,10 @@ def write_report(out: Path, config: TrainConfig, warm: dict, results: dict, tota
     import torch
     import transformers
 
-    header = ("| algorithm | steps | time (s) | reward, first 10 steps | reward, last 10 | accuracy, last 10 "
+    n = min(10, config.steps)  # the window of the summaries: a short run has fewer steps than 10
+    header = (f"| algorithm | steps | time (s) | reward, first {n} steps | reward, last {n} | accuracy, last {n} "
               "| greedy eval accuracy, before -> after | clip frac upper / lower | clip frac high- / low-entropy "
-              "group | entropy, first -> last 10 | approx KL |")
+              f"group | entropy, first -> last {n} | approx KL |")
     rule = "|" + "---|" * 11
     rows = [_row(algo.upper(), summary, records) for algo, (summary, records) in results.items()]
     lines = [
@@ -207,7 +208,8 @@ def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, *, pr
                                     sft_steps=0)
         summary = train(run_config, progress=progress, log=log)
         results[algo] = (summary, read_metrics(out / algo))
-        log(f"{algo.upper()}: reward last 10 steps {summary['reward_last10']:.3f}, greedy accuracy "
+        log(f"{algo.upper()}: reward last {min(10, config.steps)} steps {summary['reward_last10']:.3f}, "
+            "greedy accuracy "
             f"{summary.get('eval_accuracy_before', float('nan')):.2f} -> {summary.get('eval_accuracy_after', float('nan')):.2f}")
     plot_runs({algo.upper(): records for algo, (_, records) in results.items()}, out)
     return write_report(out, config, warm, results, time.perf_counter() - start)
