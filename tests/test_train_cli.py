@@ -464,3 +464,25 @@ def test_demo_time_is_stated_in_help_and_readme(capsys):
     assert DEMO_TIME in shown and "measured" in DEMO_TIME
     train_section = README.read_text().split("## Train", 1)[1].split("\n## ", 1)[0]
     assert DEMO_TIME in " ".join(train_section.split())
+
+
+def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Both used to pass the start-up check; one then wrote the other's metrics and config."""
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / ".espo-ref.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242\n")
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running training holds
+    try:
+        code, err = run_cli(capsys, *train_args(out))
+        line = one_line(err)
+        assert code == 2 and "another training (pid 4242) is writing there" in line and str(out) in line, line
+        assert sorted(p.name for p in out.iterdir()) == [".espo-ref.lock"]  # nothing written beside it
+    finally:
+        os.close(fd)
+    code, err = run_cli(capsys, *train_args(out))
+    assert code == 0, err
+    assert (out / "metrics.jsonl").exists()

@@ -694,6 +694,47 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     (RunExistsError) unless ``resume`` or ``overwrite`` (which removes the run's own files,
     RUN_FILES, and nothing else)."""
     out = Path(config.out_dir)
+    check_out_dir(out, resume=resume, overwrite=overwrite)  # before the lock creates the folder
+    with run_lock(out):  # one training per folder: checked again under the lock
+        return _train_locked(config, out, resume=resume, overwrite=overwrite, stop_at_step=stop_at_step,
+                             progress=progress, log=log)
+
+
+RUN_LOCK = ".espo-ref.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """An exclusive lock on the run folder for the whole training (flock on ``out/.espo-ref.lock``,
+    released by the kernel when the process ends, however it ends): a second training into the
+    same ``--out`` is refused naming the first one's pid, instead of both writing there."""
+    import fcntl
+    import os
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise TrainInputError(f"--out {out}: another training (pid {holder}) is writing there; wait for it "
+                                  f"to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if created and [p.name for p in out.iterdir()] == [RUN_LOCK]:  # refused before writing: leave nothing
+                (out / RUN_LOCK).unlink()
+                out.rmdir()
+    finally:
+        os.close(fd)
+
+
+def _train_locked(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, stop_at_step: int | None,
+                  progress: bool, log) -> dict:
     latest = check_out_dir(out, resume=resume, overwrite=overwrite)
     if latest is not None:  # check the configuration before importing anything it names (a verifier)
         _check_resume_config(ckpt.load_state(latest)["config"], config)
