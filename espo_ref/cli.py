@@ -193,8 +193,12 @@ def _explain(args: argparse.Namespace) -> int:
 
     try:
         html_path = Path(args.html) if args.html else Path(args.batch).with_suffix(".explain.html")
+        if html_path.is_dir():
+            raise SetupError(f"--html {html_path}: is a folder; give the page's file name")
         if html_path.exists() and not args.force:
             raise SetupError(f"--html {html_path}: exists; pass --force to overwrite it (or --html PATH)")
+        if not html_path.parent.is_dir():
+            raise SetupError(f"--html {html_path}: folder {html_path.parent} does not exist")
         if args.rows < 0:
             raise SetupError(f"--rows must be >= 0, got {args.rows}")
         batch = load_batch(args.batch)
@@ -214,7 +218,11 @@ def _explain(args: argparse.Namespace) -> int:
 
             traceback.print_exc()
         return 2
-    write_atomic(html_path, explain_page(view, comparison))  # before printing: a closed pipe must not lose it
+    try:
+        write_atomic(html_path, explain_page(view, comparison))  # before printing: a closed pipe must not lose it
+    except OSError as exc:
+        print(f"espo-ref explain: --html {html_path}: cannot write it: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     code = 1 if comparison is not None and comparison.status != "pass" else 0
     try:
         print(render(view, comparison, rows=args.rows))

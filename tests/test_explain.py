@@ -95,6 +95,8 @@ def test_explain_reads_the_dump_of_conform_as_json_and_npz(tmp_path, capsys):
     ("missing", "advantages"), ("pickle", "pickles"), ("no-vocab", "--vocab-size"), ("bad-option", "grouping"),
     ("suffix", ".npz or .json"), ("absent", "no such file"), ("mask", "boolean or 0/1"),
     ("folder", "is a folder; give one batch file (.npz or .json) (it holds b.npz)"),
+    ("html-folder", "is a folder; give the page's file name"), ("html-no-folder", "does not exist"),
+    ("html-unwritable", "cannot write it"),
 ])
 def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, word):
     path = ties_batch(tmp_path / "b.npz")
@@ -118,6 +120,12 @@ def test_explain_input_errors_exit_2_with_one_line(tmp_path, capsys, problem, wo
         np.savez(path, **arrays)
     elif problem == "suffix":
         path = path.rename(tmp_path / "b.txt")
+    elif problem == "html-folder":
+        extra = ["--html", str(tmp_path)]
+    elif problem == "html-no-folder":
+        extra = ["--html", str(tmp_path / "absent" / "page.html")]
+    elif problem == "html-unwritable":  # a folder no file can be created in, even by root
+        extra = ["--html", "/proc/espo-ref-page.html"]
     elif problem == "folder":  # a run's batches/ folder given whole
         (tmp_path / "batches").mkdir()
         path = path.rename(tmp_path / "batches" / "b.npz").parent
