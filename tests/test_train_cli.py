@@ -486,3 +486,17 @@ def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp
     code, err = run_cli(capsys, *train_args(out))
     assert code == 0, err
     assert (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_train_and_demo_without_torch_say_which_extra_to_install(tmp_path, command):
+    """A `pip install -e .` has no torch: "internal error: ModuleNotFoundError", exit 1, before."""
+    out = tmp_path / "run"
+    code = ("import sys; sys.modules['torch'] = None\n"  # import torch raises ModuleNotFoundError, as uninstalled
+            "from espo_ref.cli import main\n"
+            f"sys.exit(main([{command!r}, '--out', {str(out)!r}, '--steps', '1']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"espo-ref {command}: needs the torch package: pip install 'espo-ref[train]' "
+                                   "(in a checkout: pip install -e '.[train]')")
+    assert not out.exists()

@@ -90,6 +90,9 @@ TRAIN_OPTIONS = [
 ]
 
 
+TRAIN_PACKAGES = ("torch", "transformers", "matplotlib", "tqdm")  # the [train] extra
+
+
 def _report(command: str, exc: BaseException, code: int, *, verbose: bool, text: str | None = None) -> int:
     """One line on stderr (the traceback too with -v); returns the exit status."""
     text = " ".join((text or str(exc)).split()) or type(exc).__name__
@@ -126,6 +129,12 @@ def _guarded(command: str, body, *, verbose: bool) -> int:
         return _report(command, e, 2, verbose=verbose)  # a missing or unreadable input file, an unwritable --out
     except ValueError as e:  # an input the configuration or the reference refused
         return _report(command, e, 2, verbose=verbose)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in TRAIN_PACKAGES:  # a `pip install -e .` without the [train] extra
+            return _report(command, e, 2, verbose=verbose,
+                           text=f"needs the {e.name.split('.')[0]} package: pip install 'espo-ref[train]' "
+                                "(in a checkout: pip install -e '.[train]')")
+        return _report(command, e, 1, verbose=verbose)
     except Exception as e:  # a bug, or an error of the libraries underneath
         return _report(command, e, 1, verbose=verbose)
 
