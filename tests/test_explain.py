@@ -214,3 +214,17 @@ def test_ESPO_GROUP_training_writes_rollouts_and_a_token_view(espo_run):
                                       batch.inputs["entropy"][r["index"], :n])
     page = (espo_run / "token_view.html").read_text()
     assert "Step 1" in page and "Step 3" in page and "Step 2" not in page
+
+
+def test_explain_shows_escape_sequences_in_a_batch_as_text_never_as_control(tmp_path, capsys):
+    """ANSI/OSC escapes in crafted tokens or logged values cleared the screen, set the title or
+    overwrote the verdict lines."""
+    path = tmp_path / "b.npz"
+    logp = np.array([[-1.0, -0.5, -0.7, -2.0]])
+    save_batch(path, dict(logp=logp, old_logp=logp - 0.01, entropy=np.array([[1.0, 2.0, 2.0, 0.5]]),
+                          mask=np.ones((1, 4), bool), advantages=np.array([1.0])), {"vocab_size": V},
+               tokens=[["\x1b[2J", "b", "\x1b]0;pwned\x07", "\u202ed"]], logged={"loss": 0.1, "step": "\x1b[1A\r"})
+    code, out, err = run_cli(capsys, path, "--rows", "10")
+    assert code == 0, err
+    assert not any(c in out for c in "\x1b\x07\r\u202e")
+    assert "\\x1b[2J" in out and "\\x1b]0;pwned\\x07" in out and "\\x1b[1A\\x0d" in out

@@ -56,7 +56,18 @@ def render(view, comparison=None, *, rows: int = 40, width: int = 100) -> str:
              number(r["grad"]), r["clipped"] or "-"] for r in all_rows[:rows]]
     out.append(f"tokens ({min(rows, len(all_rows))} of {len(all_rows)}; --rows N for more):")
     out.append(table(headers, body))
-    return "\n".join(out)
+    return terminal_safe("\n".join(out))
+
+
+# C0 and C1 controls (but the newline), DEL, and the bidirectional overrides: a crafted token or
+# logged value must not clear the screen, set the title or rewrite the verdict lines
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x0A}
+_UNSAFE.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+
+
+def terminal_safe(text: str) -> str:
+    """[ESPO-OBJ] ``text`` with every control character shown as its escape (``\\x1b``), the newline kept."""
+    return text.translate(_UNSAFE)
 
 
 def comparison_lines(comparison) -> list[str]:
