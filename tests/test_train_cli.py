@@ -500,3 +500,16 @@ def test_train_and_demo_without_torch_say_which_extra_to_install(tmp_path, comma
     assert proc.stderr.strip() == (f"espo-ref {command}: needs the torch package: pip install 'espo-ref[train]' "
                                    "(in a checkout: pip install -e '.[train]')")
     assert not out.exists()
+
+
+def test_a_raw_pickle_for_init_weights_is_one_line_without_torchs_warning(tmp_path):
+    """torch.load warned about the pickle protocol (two lines on stderr) before the refusal; a
+    process of its own, so that stderr is what a user sees (pytest would catch the warning)."""
+    import pickle
+
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"weight": [1.0, 2.0]}, protocol=4))
+    argv = [str(a) for a in train_args(tmp_path / "run", "--init-weights", raw)]
+    proc = subprocess.run([sys.executable, "-m", "espo_ref.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "pickle protocol" not in proc.stderr and str(raw) in proc.stderr

@@ -203,8 +203,12 @@ def latest_checkpoint(ckpt_dir) -> Path | None:
 def _load_tensors(path: Path, map_location):
     """torch.load with weights_only=True; a file that holds anything but tensors and plain
     containers, or is not a torch file, is a TrainInputError naming it."""
+    import warnings
+
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
         raise TrainInputError(f"{path}: cannot read ({e.strerror or e})") from e
     except pickle.UnpicklingError as e:
