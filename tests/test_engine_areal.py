@@ -6,8 +6,6 @@ runs the engines. Without it those skip, except under CI, where a missing enviro
 The adapter's declarations (options AReaL lacks, versions without a file) are checked here without AReaL.
 """
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,29 +15,15 @@ import pytest
 from espo_ref.conformance import engines
 from espo_ref.conformance.engines import areal as areal_engine
 from espo_ref.conformance.errors import SetupError
-from espo_ref.conformance.matrix import environment_python
+from helpers.engine_env import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _areal_python() -> Path:
-    python = environment_python("areal")
-    if not python.exists():
-        message = f"no AReaL 1.0.4 environment at {python}: run bash tests/peers/setup_areal.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return python
 
 
 @pytest.fixture(scope="module")
 def areal_checks():
     """tests/peers/areal_checks.py run by AReaL's interpreter: {"passed", "failed", "measured"}."""
-    proc = subprocess.run([str(_areal_python()), str(ROOT / "tests" / "peers" / "areal_checks.py")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return run_checks("areal")
 
 
 def _passed(checks: dict, name: str) -> None:

@@ -9,9 +9,6 @@ environment these skip, except under CI, where a missing environment is a failur
 with the shipped expected-failure file are tests/test_engines_real.py's.
 """
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import pytest
 from espo_ref.conformance import engines
 from espo_ref.conformance.engines import openrlhf as engine
 from espo_ref.conformance.errors import SetupError
-from espo_ref.conformance.matrix import environment_python
+from helpers.engine_env import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ["check_token_mean", "check_seq_mean_token_mean", "check_trainer_normalisers", "check_eps_low_high",
@@ -28,18 +25,7 @@ CHECKS = ["check_token_mean", "check_seq_mean_token_mean", "check_trainer_normal
 
 @pytest.fixture(scope="module")
 def openrlhf_checks():
-    python = environment_python("openrlhf")
-    if not python.exists():
-        message = f"no OpenRLHF 0.11.2 environment at {python}: run bash tests/peers/setup_openrlhf.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.run([str(python), str(ROOT / "tests" / "peers" / "openrlhf_checks.py")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return run_checks("openrlhf")
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -10,9 +10,6 @@ where a missing environment is a failure. The golden runs with the shipped expec
 tests/test_engines_real.py's.
 """
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ import pytest
 from espo_ref.conformance import engines
 from espo_ref.conformance.engines import skyrl as engine
 from espo_ref.conformance.errors import SetupError
-from espo_ref.conformance.matrix import environment_python
+from helpers.engine_env import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ["check_token_mean", "check_sequence_mean", "check_seq_mean_token_sum", "check_seq_mean_token_sum_norm",
@@ -31,17 +28,7 @@ RELEASES = ["0.3.1", "0.4.0"]
 
 @pytest.fixture(scope="module")
 def skyrl_checks():
-    python = environment_python("skyrl")
-    if not python.exists():
-        message = f"no SkyRL environment at {python}: run bash tests/peers/setup_skyrl.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.run([str(python), str(ROOT / "tests" / "peers" / "skyrl_checks.py")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return run_checks("skyrl")
 
 
 @pytest.mark.parametrize("release", RELEASES)

@@ -8,10 +8,7 @@ deliberately wrong, which must disagree. Without the environment they skip, exce
 missing environment is a failure. The rest runs here, without Trinity installed.
 """
 
-import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,8 @@ import pytest
 from espo_ref.conformance import engines
 from espo_ref.conformance.engines import trinity
 from espo_ref.conformance.errors import SetupError
-from espo_ref.conformance.matrix import environment_python
 from espo_ref.conformance.runner import read_xfail_file
+from helpers.engine_env import run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ["check_aggregation_modes_agree", "check_aggregation_mapped_wrong_disagrees",
@@ -31,17 +28,7 @@ CHECKS = ["check_aggregation_modes_agree", "check_aggregation_mapped_wrong_disag
 
 @pytest.fixture(scope="module")
 def trinity_checks():
-    python = environment_python("trinity")
-    if not python.exists():
-        message = f"no Trinity-RFT 0.6.0 environment at {python}: run bash tests/peers/setup_trinity.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.run([str(python), str(ROOT / "tests" / "peers" / "trinity_checks.py")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return run_checks("trinity")
 
 
 @pytest.mark.parametrize("check", CHECKS)

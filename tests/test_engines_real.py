@@ -7,7 +7,6 @@ Without an environment these tests skip, except under CI, where a missing one is
 """
 
 import json
-import os
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from espo_ref.conformance.engines import ENGINES, matrix_rows
 from espo_ref.conformance.golden import load
 from espo_ref.conformance.matrix import environment_python, measure_in_environment, render
 from espo_ref.conformance.runner import read_xfail_file, shipped_xfail_files
+from helpers.engine_env import engine_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = (ROOT / "specs" / "baselines.md").read_text()
@@ -29,16 +29,6 @@ PAIRS = [(engine, function, impl, adapter, distribution) for engine in ENGINES
 def _peer_rows() -> set[str]:
     table = SPEC[SPEC.index("**Where a peer differs"):SPEC.index("## 10. Coverage")]
     return set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M))
-
-
-def _need(engine: str) -> Path:
-    python = environment_python(engine)
-    if not python.exists():
-        message = f"no {engine} environment at {python}: run bash tests/peers/setup_{engine}.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return python
 
 
 def test_CONF_PEERS_shipped_xfail_files_cite_peer_rows_and_real_cases():
@@ -60,7 +50,7 @@ def test_CONF_PEERS_shipped_xfail_files_cite_peer_rows_and_real_cases():
 def measurements():
     """Every engine measured in its environment (the runs behind specs/peers.md), by engine."""
     for engine in ENGINES:
-        _need(engine)
+        engine_python(engine)
     with ThreadPoolExecutor(2) as pool:
         return dict(zip(ENGINES, pool.map(measure_in_environment, ENGINES)))
 
@@ -88,7 +78,7 @@ def cli_runs(tmp_path_factory):
     for the first function of each engine, without it."""
     folder = tmp_path_factory.mktemp("engines")
     for engine in ENGINES:
-        _need(engine)
+        engine_python(engine)
 
     def run(item):
         (engine, function, impl, adapter, distribution), with_file = item
