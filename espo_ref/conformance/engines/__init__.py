@@ -25,6 +25,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ..adapters import Adapter
 from ..errors import SetupError
 
 HERE = Path(__file__).resolve().parent
@@ -119,3 +120,33 @@ def before_import(adapter: str) -> None:
         hook = getattr(engine_module(engine), "before_import", None)
         if hook is not None:
             hook()
+
+
+class EngineAdapter(Adapter):
+    """[CONF-PEERS] What every engine's loss adapter does when it is built: find the expected-failure
+    file of the installed version (refusing an unmeasured one), refuse a function the engine does not
+    have and a backend other than torch, then load the engine's own pieces (``load``), once per worker.
+    A subclass sets ``engine``, ``distribution``, ``functions``, ``checks`` (what it checks, in words)
+    and ``title`` (the engine's name in "TRL has no GMPO"; None: the message names no engine)."""
+
+    provides = ("loss", "grad")
+    backend_default = "torch"
+    engine: str = ""
+    distribution: str = ""
+    functions: tuple[str, ...] = ()
+    checks: str = ""
+    title: str | None = None
+
+    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
+        self.known_differences = known_differences(self.engine, self.distribution)  # a failure it lists names its row
+        if function not in self.functions:
+            lacks = f"; {self.title} has no {function.removesuffix('_loss').upper()}" if self.title else ""
+            raise SetupError(f"--adapter {self.name} checks {self.checks} ({', '.join(self.functions)}{lacks}); "
+                             f"got --function {function}")
+        if backend != "torch":
+            raise SetupError(f"--adapter {self.name} needs --backend torch")
+        self.load(impl)
+        super().__init__(impl, function, backend, device)
+
+    def load(self, impl) -> None:
+        """The engine's own imports and settings for ``impl``; nothing by default."""

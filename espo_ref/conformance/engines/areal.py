@@ -36,10 +36,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..adapters import Adapter, register
+from ..adapters import register
 from ..errors import SetupError
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter
 
 ENGINE = "areal"
 DISTRIBUTION = "areal"
@@ -83,21 +83,14 @@ def areal_options(function: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @register("areal")
-class ArealAdapter(Adapter):
+class ArealAdapter(EngineAdapter):
     """AReaL's ``ppo_actor_loss_fn`` (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
+    engine, distribution, functions = "areal", "areal", AREAL_FUNCTIONS
+    checks, title = "AReaL's PPO actor loss", "AReaL"
 
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("areal", "areal")  # a failure it lists names its row
-        if function not in AREAL_FUNCTIONS:
-            raise SetupError(f"--adapter areal checks AReaL's PPO actor loss ({', '.join(AREAL_FUNCTIONS)}; AReaL has "
-                             f"no {function.removesuffix('_loss').upper()}); got --function {function}")
-        if backend != "torch":
-            raise SetupError("--adapter areal needs --backend torch")
+    def load(self, impl) -> None:
         _import_areal()
-        super().__init__(impl, function, backend, device)
 
     @staticmethod
     def unsupported(function: str, config: dict, kwargs: dict) -> str | None:

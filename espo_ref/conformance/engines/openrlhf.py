@@ -37,10 +37,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..adapters import Adapter, implementation_code, register
+from ..adapters import implementation_code, register
 from ..errors import SetupError
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter
 
 ENGINE = "openrlhf"
 DISTRIBUTION = "openrlhf"
@@ -87,21 +87,14 @@ def policy_loss_options(function: str, config: dict) -> dict[str, Any]:
 
 
 @register("openrlhf")
-class OpenRLHFAdapter(Adapter):
+class OpenRLHFAdapter(EngineAdapter):
     """OpenRLHF's ``PolicyLoss`` (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
+    engine, distribution, functions = "openrlhf", DISTRIBUTION, OPENRLHF_FUNCTIONS
+    checks, title = "OpenRLHF's PolicyLoss", "OpenRLHF"
 
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("openrlhf", DISTRIBUTION)  # a failure it lists names its row
-        if function not in OPENRLHF_FUNCTIONS:
-            raise SetupError(f"--adapter openrlhf checks OpenRLHF's PolicyLoss ({', '.join(OPENRLHF_FUNCTIONS)}; "
-                             f"OpenRLHF has no {function.removesuffix('_loss').upper()}); got --function {function}")
-        if backend != "torch":
-            raise SetupError("--adapter openrlhf needs --backend torch")
+    def load(self, impl) -> None:
         self.loss_batch_info = _loss_batch_info()
-        super().__init__(impl, function, backend, device)
 
     @staticmethod
     def unsupported(function: str, config: dict, kwargs: dict) -> str | None:

@@ -44,10 +44,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..adapters import Adapter, implementation_code, register
+from ..adapters import implementation_code, register
 from ..errors import SetupError
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter
 
 ENGINE = "skyrl"
 DISTRIBUTION = "skyrl"  # skyrl 0.4.0; the skyrl-train 0.3.1 rows name their own distribution
@@ -169,30 +169,22 @@ def skyrl_config(options: dict):
                                                        cispo_eps_clip_high=options["cispo_eps_clip_high"]))
 
 
-class _SkyRLAdapter(Adapter):
+class _SkyRLAdapter(EngineAdapter):
     """A SkyRL policy loss (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
-    distribution = "skyrl"
+    engine, distribution, functions = "skyrl", "skyrl", SKYRL_FUNCTIONS
+    checks, title = "SkyRL's policy losses", "SkyRL"
     module = SKYRL_PPO
 
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("skyrl", self.distribution)  # a failure it lists names its row
-        if function not in SKYRL_FUNCTIONS:
-            raise SetupError(f"--adapter {self.name} checks SkyRL's policy losses ({', '.join(SKYRL_FUNCTIONS)}; "
-                             f"SkyRL has no {function.removesuffix('_loss').upper()}); got --function {function}")
-        if backend != "torch":
-            raise SetupError(f"--adapter {self.name} needs --backend torch")
+    def load(self, impl) -> None:
         where = getattr(getattr(impl, "fn", impl), "__module__", "") or ""
         other = SKYRL_PPO if self.module == TRAIN_PPO else TRAIN_PPO
         if where.startswith(other.split(".", 1)[0] + "."):
             raise SetupError(f"--adapter {self.name} calls {self.module}; {where} is the other SkyRL release "
                              f"(--adapter {'skyrl' if other == SKYRL_PPO else 'skyrl-train'})")
-        self.load()
-        super().__init__(impl, function, backend, device)
+        self.load_release()
 
-    def load(self) -> None:
+    def load_release(self) -> None:
         raise NotImplementedError
 
     @staticmethod
@@ -235,7 +227,7 @@ class SkyRLTrainAdapter(_SkyRLAdapter):
     distribution = "skyrl-train"
     module = TRAIN_PPO
 
-    def load(self) -> None:
+    def load_release(self) -> None:
         _skyrl_train_config()
         _quiet("skyrl_train")
 
@@ -253,7 +245,7 @@ class SkyRLBackendAdapter(_SkyRLAdapter):
     distribution = "skyrl"
     module = SKYRL_PPO
 
-    def load(self) -> None:
+    def load_release(self) -> None:
         _skyrl_modules()
         _quiet("skyrl")
 

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..adapters import Adapter, implementation_code, register
-from ..errors import SetupError
+from ..adapters import implementation_code, register
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter
 
 ENGINE = "trinity"
 DISTRIBUTION = "trinity-rft"
@@ -80,20 +79,11 @@ def trinity_args(function: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @register("trinity")
-class TrinityAdapter(Adapter):
+class TrinityAdapter(EngineAdapter):
     """A Trinity-RFT policy-loss class (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
-
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("trinity", DISTRIBUTION)  # a failure it lists names its row
-        if function not in LOSS_CLASSES:
-            raise SetupError(f"--adapter trinity checks Trinity-RFT's policy losses ({', '.join(LOSS_CLASSES)}; "
-                             f"Trinity has no {function.removesuffix('_loss').upper()}); got --function {function}")
-        if backend != "torch":
-            raise SetupError("--adapter trinity needs --backend torch")
-        super().__init__(impl, function, backend, device)
+    engine, distribution, functions = "trinity", DISTRIBUTION, tuple(LOSS_CLASSES)
+    checks, title = "Trinity-RFT's policy losses", "Trinity"
 
     @staticmethod
     def unsupported(function: str, config: dict, kwargs: dict) -> str | None:

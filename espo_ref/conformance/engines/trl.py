@@ -28,10 +28,9 @@ import types
 from collections import defaultdict
 from typing import Any
 
-from ..adapters import Adapter, register
-from ..errors import SetupError
+from ..adapters import register
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter
 
 ENGINE = "trl"
 DISTRIBUTION = "trl"
@@ -88,20 +87,11 @@ def trl_state(function: str, config: dict, logp, max_completion_length: int):
 
 
 @register("trl")
-class TRLAdapter(Adapter):
+class TRLAdapter(EngineAdapter):
     """TRL's ``GRPOTrainer._compute_loss`` (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
-
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("trl", "trl")
-        if function not in TRL_FUNCTIONS:
-            raise SetupError(f"--adapter trl checks TRL's GRPO losses ({', '.join(TRL_FUNCTIONS)}; TRL has no "
-                             f"{function.removesuffix('_loss').upper()}); got --function {function}")
-        if backend != "torch":
-            raise SetupError("--adapter trl needs --backend torch")
-        super().__init__(impl, function, backend, device)
+    engine, distribution, functions = "trl", "trl", TRL_FUNCTIONS
+    checks, title = "TRL's GRPO losses", "TRL"
 
     @staticmethod
     def unsupported(function: str, config: dict, kwargs: dict) -> str | None:

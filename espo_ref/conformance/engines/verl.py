@@ -27,7 +27,7 @@ import numpy as np
 from ..adapters import Adapter, register
 from ..errors import SetupError
 from ..golden import GoldenCase
-from . import known_differences
+from . import EngineAdapter, known_differences
 
 ENGINE = "verl"
 DISTRIBUTION = "verl"
@@ -86,21 +86,14 @@ def actor_config(function: str, fields: dict[str, Any]):
 
 
 @register("verl")
-class VerlAdapter(Adapter):
+class VerlAdapter(EngineAdapter):
     """A verl policy loss (see the module docstring); loss and gradient are compared."""
 
-    provides = ("loss", "grad")
-    backend_default = "torch"
+    engine, distribution, functions = "verl", "verl", VERL_POLICY_LOSSES
+    checks = "verl's policy losses"
 
-    def __init__(self, impl, function: str, backend: str = "torch", device: str = "cpu"):
-        self.known_differences = known_differences("verl", "verl")  # a failure it lists names its row
-        if function not in VERL_POLICY_LOSSES:
-            raise SetupError(f"--adapter verl checks verl's policy losses ({', '.join(VERL_POLICY_LOSSES)}); "
-                             f"got --function {function}")
-        if backend != "torch":
-            raise SetupError("--adapter verl needs --backend torch")
+    def load(self, impl) -> None:
         _import_verl_config()
-        super().__init__(impl, function, backend, device)
 
     @staticmethod
     def unsupported(function: str, config: dict, kwargs: dict) -> str | None:
