@@ -12,7 +12,7 @@ from .entropy import token_entropy
 from .errors import ESPOInputError
 from .grouping import entropy_groups, high_group_size, trained_tokens
 from .aggregation import aggregation_weights
-from .metrics import espo_metrics
+from .metrics import espo_metrics, merge_metrics
 from .objective import espo_loss
 from .ratio import group_log_ratio, token_ratio
 from .result import LossResult
@@ -37,6 +37,7 @@ __all__ = [
     "grpo_advantages",
     "espo_loss",
     "espo_metrics",
+    "merge_metrics",
 ]
 
 # --- baselines ---

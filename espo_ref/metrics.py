@@ -3,11 +3,14 @@ built on the same counts and means so that a key means the same thing in both.""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._segments import Segments
-from ._stable import approx_kl, finite_mean
+from ._stable import approx_kl, finite_mean, in_range
 from .config import ESPOConfig
+from .errors import ESPOInputError
 from .grouping import HIGH_GROUP
 
 
@@ -101,3 +104,60 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped) -> 
         neg_log_r = -log_r
     return {**clip_metrics(mask, ratio, mask, log_r, clipped_high, clipped_low, clamped, zero_filled=True),
             "ppo_kl": safe_mean(neg_log_r, mask, zero_filled=True)}
+
+
+#: metrics that are counts: a step's value is the sum over its micro-batches
+COUNT_KEYS = ("tokens", "responses", "high_group_tokens", "low_group_tokens", "trained_tokens")
+#: the count each fraction or mean is taken over (any other key is over ``tokens``)
+DENOMINATORS = {
+    "clipfrac_high_group": "high_group_tokens", "eps_mean_high_group": "high_group_tokens",
+    "entropy_mean_high_group": "high_group_tokens", "clipfrac_low_group": "low_group_tokens",
+    "eps_mean_low_group": "low_group_tokens", "entropy_mean_low_group": "low_group_tokens",
+    "groups_mean": "responses",
+}
+
+
+def denominator(key: str, keys) -> str:
+    """[ESPO-METRICS] [BASE-METRICS] The count key ``key`` is a fraction or mean of: the trained
+    tokens for ESPO's ``ratio_mean`` (the baselines train every token), else ``DENOMINATORS``,
+    else the response tokens."""
+    if key == "ratio_mean":
+        return "trained_tokens" if "trained_tokens" in keys else "tokens"
+    return DENOMINATORS.get(key, "tokens")
+
+
+def merge_metrics(parts) -> dict[str, float]:
+    """[ESPO-METRICS] [BASE-METRICS] The metrics of one optimizer step from those of its
+    micro-batches (each a loss's ``metrics``): counts are summed, every fraction and mean is
+    weighted by its count (so it is the value over all the step's tokens), and a part whose
+    count is 0 (an empty bucket) is left out of that average instead of entering it as 0.
+    A value whose count is 0 in every part is the parts' value for an empty set.
+
+    Equal, up to rounding, to the metrics of the micro-batches' tokens taken as one batch,
+    for every grouping that is decided per response."""
+    parts = [dict(p) for p in parts]
+    if not parts:
+        raise ESPOInputError("merge_metrics needs the metrics of at least one micro-batch, got none")
+    keys = list(parts[0])
+    for i, part in enumerate(parts):
+        if list(part) != keys:
+            raise ESPOInputError(f"parts[{i}] has other metric keys than parts[0]: the parts must come from one loss")
+    merged = {}
+    for key in keys:
+        if key in COUNT_KEYS:
+            merged[key] = float(sum(p[key] for p in parts))
+            continue
+        count = denominator(key, keys)
+        if count not in keys:
+            raise ESPOInputError(f"metric {key!r} is a mean over {count!r}, which the parts do not report")
+        weights = [p[count] for p in parts]
+        total = sum(weights)
+        if not total:
+            merged[key] = parts[0][key]
+            continue
+        shares = [w / total * p[key] for w, p in zip(weights, parts) if w]
+        if all(math.isfinite(s) for s in shares):  # each share is at most max|v|: a finite (clipped) mean
+            merged[key] = float(in_range(math.fsum(shares)))
+        else:  # a part reported a non-finite value: the step's value says so
+            merged[key] = float(sum(shares))
+    return merged

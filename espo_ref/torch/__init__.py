@@ -15,7 +15,7 @@ from .aggregation import aggregation_weights
 from .clipping import clip_bounds, group_clip_eps
 from .entropy import token_entropy
 from .grouping import entropy_groups, high_group_size, trained_tokens
-from .metrics import espo_metrics
+from .metrics import DeviceMetrics, espo_metrics, merge_metrics
 from .objective import espo_loss
 from .ratio import group_log_ratio, token_ratio
 from .surrogate import clipped_surrogate
@@ -37,6 +37,8 @@ __all__ = [
     "grpo_advantages",
     "espo_loss",
     "espo_metrics",
+    "merge_metrics",
+    "DeviceMetrics",
 ]
 
 # --- baselines ---

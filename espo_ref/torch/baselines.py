@@ -34,7 +34,7 @@ from ._checks import advantages_2d, bound, token_inputs
 from ._checks import log_ratio as checked_log_ratio
 from ._segments import in_range, power_of_two_above
 from .aggregation import _agg_weights
-from .metrics import baseline_metrics, raw_log_ratio
+from .metrics import baseline_metrics
 from .surrogate import _zero, check_loss, clipped_surrogate, exp_ratio, ratio_and_advantage
 
 __all__ = [
@@ -182,7 +182,7 @@ def _ppo_clip_loss(logp, old_logp, mask, advantages, config, validate) -> LossRe
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"clipfrac_dual": dual},
-                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, raw))
+                               lp=lp, olp=olp)
     extras = {"clamped": clamped, "dual_clipped": dual, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
 
@@ -240,7 +240,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped,
-                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
+                               lp=lp, olp=olp)
     extras = {"clamped": clamped, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_s, extras)
 
@@ -298,7 +298,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv_seq, ratio.detach(), m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, torch.zeros_like(m),
-                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
+                               lp=lp, olp=olp)
     extras = {"clipped_log_ratio": clipped_lr.detach(), "advantage_seq": adv_seq, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_ratio, extras)
 
@@ -337,7 +337,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     if validate:
         check_loss(loss, grad, lambda: cispo_sizes(adv, is_weight, lp, m))
     metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"capped_frac": capped},
-                               raw_log_r=lambda: raw_log_ratio(lp, olp, m, raw))
+                               lp=lp, olp=olp)
     extras = {"clamped": clamped, "is_weight": is_weight, "capped": capped,
               "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)

@@ -65,7 +65,6 @@ def _high_group_size(lengths: torch.Tensor, rho: Fraction, bound: int) -> torch.
     return torch.minimum(n_high.clamp(min=1), lengths.to(torch.int64))
 
 
-@lru_cache(maxsize=64)
 def _host_size(length: int, rho: Fraction) -> int:
     """n_high of one length, on the host (exact integer arithmetic): the k of ``topk``."""
     return min(max(ceil_fraction(length, rho), 1), length)

@@ -1,23 +1,68 @@
 """Diagnostics: ESPO's metrics (Figs. 3-5) [ESPO-METRICS] and the baselines' [BASE-METRICS];
 torch mirror of espo_ref/metrics.py.
 
-Python floats: every count and sum is computed on the device and all of them cross to the
-host in one transfer (one sync). Every value is finite: a mean whose sum leaves the range of
-the dtype is summed again in float64, scaled, and ``approx_kl`` falls back to log space from
-the float64 raw log-ratio and saturates at the largest float64. The fallbacks cost more
-syncs, only when a sum is not finite.
+A loss builds its metrics as device totals (token counts and sums) without a host sync or a
+data-dependent branch, so that the loss compiles to one graph and a training step never waits
+on them. ``DeviceMetrics`` is a mapping of Python floats: the totals cross to the host in one
+transfer the first time a value is read. Totals of several micro-batches add up on the device
+(``merge_metrics``), which gives the step's token-weighted values.
+
+Every value is finite: a mean whose device sum left the range of the dtype is summed again in
+float64, scaled, and ``approx_kl`` falls back to log space from the float64 raw log-ratio and
+saturates at the largest float64. The fallbacks run on the host when a value is read, only
+when a sum is not finite.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import MutableMapping, Sequence
+
 import torch
 
 from ..config import ESPOConfig
+from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
 from ..metrics import ESPO_METRIC_KEYS
+from ..metrics import merge_metrics as core_merge
 from ._segments import Segments
 from ._stable import approx_kl, finite_mean, k3
 from .surrogate import _zero
+
+#: the keys every loss reports, before ESPO's and the baselines' own
+COMMON_KEYS = ("tokens", "responses", "clipfrac", "clipfrac_high", "clipfrac_low", "clamped_frac", "ratio_mean",
+               "approx_kl")
+BASELINE_KEYS = (*COMMON_KEYS, "ppo_kl")
+_NAN = float("nan")
+
+# How each key is read from the totals: ("count", n) | ("frac", num, den, value when den is 0) |
+# ("mean", sum, count, source values, source where) | ("kl", sum, count). A mean of an empty set
+# is 0; a fraction of no tokens is NaN (a batch without tokens is rejected unless validate=False).
+_COMMON = {
+    "tokens": ("count", "tokens"),
+    "responses": ("count", "responses"),
+    "clipfrac": ("frac", "clip", "tokens", _NAN),
+    "clipfrac_high": ("frac", "clip_high", "tokens", _NAN),
+    "clipfrac_low": ("frac", "clip_low", "tokens", _NAN),
+    "clamped_frac": ("frac", "clamped", "tokens", _NAN),
+    "ratio_mean": ("mean", "ratio", "trained", "ratio", "trained"),
+    "approx_kl": ("kl", "kl", "tokens"),
+}
+_ESPO = {
+    **_COMMON,
+    "clipfrac_high_group": ("frac", "clip_in_high", "high", 0.0),
+    "clipfrac_low_group": ("frac", "clip_in_low", "low", 0.0),
+    "eps_mean_high_group": ("mean", "eps_high", "high", "eps", "high"),
+    "eps_mean_low_group": ("mean", "eps_low", "low", "eps", "low"),
+    "high_group_tokens": ("count", "high"),
+    "low_group_tokens": ("count", "low"),
+    "trained_tokens": ("count", "trained"),  # the ratio's mean is over the trained tokens
+    "groups_mean": ("frac", "k_sum", "responses", _NAN),
+    "entropy_mean": ("mean", "entropy", "tokens", "entropy", "mask"),
+    "entropy_mean_high_group": ("mean", "entropy_high", "high", "entropy", "high"),
+    "entropy_mean_low_group": ("mean", "entropy_low", "low", "entropy", "low"),
+}
+_BASELINE = {**_COMMON, "ppo_kl": ("mean", "neg_log_r", "tokens", "neg_log_r", "mask")}
 
 
 def raw_log_ratio(lp: torch.Tensor, olp: torch.Tensor, mask: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
@@ -29,123 +74,203 @@ def raw_log_ratio(lp: torch.Tensor, olp: torch.Tensor, mask: torch.Tensor, log_r
                        torch.zeros((), dtype=torch.float64, device=lp.device))
 
 
-def _total(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    # a product is exact and faster than where().sum() on CPU; values are finite off ``where``
-    return (values * where).sum()
+class DeviceMetrics(MutableMapping):
+    """[ESPO-METRICS] [BASE-METRICS] A loss's metrics: a mapping of key to Python float.
+
+    Held as one float64 vector of counts and sums on the device; the first read of any key
+    fetches it in one transfer (one sync) and computes every value on the host. Setting a key
+    overrides its value. ``merge_metrics`` adds the totals of several results.
+    """
+
+    def __init__(self, recipes: dict, keys: tuple[str, ...], totals: dict[str, torch.Tensor],
+                 sources: dict[str, torch.Tensor] | None = None, parts: tuple = ()):
+        self._recipes = recipes
+        self._keys = keys
+        self._names = tuple(totals)
+        self._totals = torch.stack([t.to(torch.float64) for t in totals.values()])
+        self._sources = sources or {}
+        self._parts = parts
+        self._values: dict[str, float] | None = None
+        self._overridden = False
+
+    # -- the mapping --------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> float:
+        return self._host()[key]
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self._host()[key] = value
+        self._overridden = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._host()[key]
+        self._overridden = True
+
+    def __iter__(self):
+        return iter(self._host())
+
+    def __len__(self) -> int:
+        return len(self._host())
+
+    def __repr__(self) -> str:
+        return f"DeviceMetrics({self._host()!r})"
+
+    @classmethod
+    def of_dict(cls, values: dict[str, float]) -> "DeviceMetrics":
+        """Metrics already on the host (a merge of plain dicts)."""
+        out = cls.__new__(cls)
+        out._recipes, out._keys, out._names = {}, tuple(values), ()
+        out._totals = torch.zeros(0, dtype=torch.float64)
+        out._sources, out._parts, out._values, out._overridden = {}, (), dict(values), True
+        return out
+
+    @property
+    def totals(self) -> dict[str, torch.Tensor]:
+        """The device totals (float64 0-d tensors) by name: counts and sums, before division."""
+        return dict(zip(self._names, self._totals.unbind()))
+
+    # -- the host side ------------------------------------------------------------------------
+    def _host(self) -> dict[str, float]:
+        if self._values is None:
+            host = dict(zip(self._names, self._totals.tolist()))  # the one transfer
+            self._values = {key: self._value(key, host) for key in self._keys}
+        return self._values
+
+    def _value(self, key: str, host: dict[str, float]) -> float:
+        kind, *args = self._recipes[key]
+        if kind == "count":
+            return host[args[0]]
+        if kind == "frac":
+            num, den, empty = args
+            return host[num] / host[den] if host[den] else empty
+        if kind == "mean":
+            total, count, values, where = args
+            if not host[count]:
+                return 0.0
+            plain = host[total] / host[count]
+            return plain if math.isfinite(plain) else self._fallback(key, plain, values, where)
+        total, count = args  # "kl"
+        if not host[count]:
+            return 0.0
+        plain = host[total] / host[count]
+        return plain if math.isfinite(plain) else self._fallback(key, plain, "log_r", "mask")
+
+    def _fallback(self, key: str, plain: float, values: str, where: str) -> float:
+        """A mean whose device sum left the float range: from the per-token sources, or, for a
+        merge, the count-weighted mean of the parts' (finite) values."""
+        if self._parts:
+            return core_merge(self._parts)[key]
+        src = self._sources
+        if key == "approx_kl":
+            return approx_kl(plain, raw_log_ratio(src["lp"], src["olp"], src["mask"], src["log_r"]), src["mask"])
+        return finite_mean(plain, self._source(values), self._source(where))
+
+    def _source(self, name: str) -> torch.Tensor:
+        src = self._sources
+        if name == "neg_log_r":
+            return -src["log_r"]
+        if name in ("high", "low"):
+            mask = src["mask"]
+            high = mask if src["token_groups"] else mask & (src["groups"] == HIGH_GROUP)
+            return high if name == "high" else mask & ~high
+        return src[name]
 
 
-def _fetch(counts: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Named counts and sums from the device in one transfer (one sync)."""
-    host = torch.cat([torch.stack(list(counts.values())).to(torch.float64),
-                      torch.stack(list(sums.values())).to(torch.float64)]).tolist()
-    return dict(zip(counts, (int(x) for x in host[:len(counts)]))), dict(zip(sums, host[len(counts):]))
+def merge_metrics(parts: Sequence) -> MutableMapping:
+    """[ESPO-METRICS] [BASE-METRICS] The metrics of one optimizer step from those of its
+    micro-batches, as ``espo_ref.metrics.merge_metrics`` defines them: counts summed, every
+    fraction and mean token-weighted, an empty bucket left out of its average.
+
+    When every part is a loss's own ``DeviceMetrics``, the totals add on the device (no sync)
+    and the result is a ``DeviceMetrics``; otherwise (plain dicts, values set by hand) the
+    parts are read and merged on the host.
+    """
+    parts = tuple(parts)
+    if not parts:
+        raise ESPOInputError("merge_metrics needs the metrics of at least one micro-batch, got none")
+    first = parts[0]
+    if not all(isinstance(p, DeviceMetrics) and not p._overridden and p._names == getattr(first, "_names", None)
+               and p._keys == first._keys for p in parts):
+        return DeviceMetrics.of_dict(core_merge(parts))
+    merged = DeviceMetrics.__new__(DeviceMetrics)
+    merged._recipes, merged._keys, merged._names = first._recipes, first._keys, first._names
+    merged._totals = torch.stack([p._totals.to(first._totals.device) for p in parts]).sum(dim=0)
+    merged._sources, merged._parts, merged._values, merged._overridden = {}, parts, None, False
+    return merged
 
 
-def _clip_tensors(mask, ratio, ratio_over, kl, clipped_high, clipped_low, clamped):
-    """[ESPO-METRICS] [BASE-METRICS] The device counts and sums behind the keys every loss reports."""
+def _common_totals(mask, ratio, trained, log_r, clipped_high, clipped_low, clamped) -> dict[str, torch.Tensor]:
+    """[ESPO-METRICS] [BASE-METRICS] The device counts and sums behind the keys every loss reports.
+    ``ratio`` and ``log_r`` are 0 on padding (so k3 is 0 there), ``clamped`` is False there."""
     count = torch.count_nonzero  # exact, and faster than a bool .sum() (which copies to int64)
-    counts = {
-        "tokens": count(mask), "responses": count(mask.any(dim=1)), "clip": count(clipped_high | clipped_low),
-        "clip_high": count(clipped_high), "clip_low": count(clipped_low), "clamped": count(clamped & mask),
-        "ratio_over": count(ratio_over),
-    }
-    sums = {"ratio": _total(ratio, ratio_over), "kl": _total(kl, mask)}
-    return counts, sums
-
-
-def _clip_values(n: dict, s: dict, mask, ratio, ratio_over, kl, raw_log_r) -> dict[str, float]:
-    """[ESPO-METRICS] [BASE-METRICS] The keys every loss reports, from the fetched counts and sums."""
-    tokens = n["tokens"]
-
-    def frac(num):  # a batch without tokens is rejected upstream unless validate=False
-        return num / tokens if tokens else float("nan")
-
+    ratio_sum = ratio.sum() if trained is mask else (ratio * trained.to(ratio.dtype)).sum()
     return {
-        "tokens": float(tokens),
-        "responses": float(n["responses"]),
-        "clipfrac": frac(n["clip"]),
-        "clipfrac_high": frac(n["clip_high"]),
-        "clipfrac_low": frac(n["clip_low"]),
-        "clamped_frac": frac(n["clamped"]),
-        "ratio_mean": mean(s["ratio"], n["ratio_over"], ratio, ratio_over),
-        "approx_kl": approx_kl(mean(s["kl"], tokens, kl, mask), raw_log_r, mask),
+        "tokens": count(mask), "responses": count(mask.any(dim=1)), "clip": count(clipped_high | clipped_low),
+        "clip_high": count(clipped_high), "clip_low": count(clipped_low), "clamped": count(clamped),
+        "trained": count(trained), "ratio": ratio_sum, "kl": k3(log_r).sum(),
     }
-
-
-def mean(total: float, count: int, values: torch.Tensor, where: torch.Tensor) -> float:
-    """[ESPO-METRICS] [BASE-METRICS] ``total / count`` (0 when empty), finite: summed again in
-    float64, scaled, when the device sum left the dtype's range."""
-    return finite_mean(total / count, values, where) if count else 0.0
 
 
 def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                 clipped_low, clamped, config: ESPOConfig) -> dict[str, float]:
+                 clipped_low, clamped, config: ESPOConfig) -> DeviceMetrics:
     """[ESPO-METRICS] Diagnostics of Figs. 3-5: clip fractions over all response tokens,
     split into the high-entropy bucket (group 0) and the rest, and per-group epsilons.
 
-    Python floats fetched in one sync; finite (see the module docstring). ``approx_kl``'s
-    log-space fallback uses ``log_r`` in float64.
+    A ``DeviceMetrics`` (floats, fetched in one sync when first read); finite (see the module
+    docstring). ``approx_kl``'s log-space fallback uses ``log_r`` in float64.
     """
     k = Segments(groups, trained).groups_per_row()
-    return _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                         clipped_low, clamped, config, k, raw_log_r=lambda: log_r)
+    zero = lambda t: torch.where(mask, t.detach(), _zero(t))  # noqa: E731 (the kernel wants 0 on padding)
+    log_r = zero(log_r)
+    return _espo_metrics(zero(entropy), mask, groups, trained & mask, zero(ratio), zero(eps_high), log_r,
+                         clipped_high & mask, clipped_low & mask, clamped & mask, config, k, lp=log_r,
+                         olp=torch.zeros_like(log_r))
 
 
 def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                  clipped_low, clamped, config: ESPOConfig, k, *, raw_log_r) -> dict[str, float]:
-    clipped = clipped_high | clipped_low
-    high = mask & (groups == HIGH_GROUP) if config.grouping != "token" else mask
-    low = mask & ~high
-    rows = mask.any(dim=1)
+                  clipped_low, clamped, config: ESPOConfig, k, *, lp, olp) -> DeviceMetrics:
+    """The metrics from the loss's tensors; ``entropy``, ``ratio``, ``eps_high`` and ``log_r``
+    are 0 on padding. ``lp``/``olp`` give the float64 raw log-ratio of the KL fallback."""
+    dtype = ratio.dtype
     log_r = log_r.detach()
-    kl = torch.where(mask, k3(log_r), _zero(log_r))
-    counts, sums = _clip_tensors(mask, ratio, trained, kl, clipped_high, clipped_low, clamped)
+    token_groups = config.grouping == "token"
+    high = mask if token_groups else mask & (groups == HIGH_GROUP)
+    low = mask & ~high
+    high_f, low_f = high.to(dtype), low.to(dtype)  # a float factor is exact and far cheaper than where()
+    clipped = clipped_high | clipped_low
+    rows = mask.any(dim=1)
     count = torch.count_nonzero
-    counts.update({"clip_in_high": count(clipped & high), "high": count(high), "clip_in_low": count(clipped & low),
-                   "low": count(low), "k_sum": (k * rows).sum()})
-    sums.update({"eps_high": _total(eps_high, high), "eps_low": _total(eps_high, low),
-                 "entropy": _total(entropy, mask), "entropy_high": _total(entropy, high),
-                 "entropy_low": _total(entropy, low)})
-    n, s = _fetch(counts, sums)
-    common = _clip_values(n, s, mask, ratio, trained, kl, raw_log_r)
-    by_group = {
-        "clipfrac_high_group": n["clip_in_high"] / n["high"] if n["high"] else 0.0,
-        "clipfrac_low_group": n["clip_in_low"] / n["low"] if n["low"] else 0.0,
-        "eps_mean_high_group": mean(s["eps_high"], n["high"], eps_high, high),
-        "eps_mean_low_group": mean(s["eps_low"], n["low"], eps_high, low),
-        "high_group_tokens": float(n["high"]),
-        "low_group_tokens": float(n["low"]),
-        "trained_tokens": float(n["ratio_over"]),  # the ratio's mean is over the trained tokens
-        "groups_mean": n["k_sum"] / n["responses"] if n["responses"] else float("nan"),
-        "entropy_mean": mean(s["entropy"], n["tokens"], entropy, mask),
-        "entropy_mean_high_group": mean(s["entropy_high"], n["high"], entropy, high),
-        "entropy_mean_low_group": mean(s["entropy_low"], n["low"], entropy, low),
-    }
-    return {key: common[key] if key in common else by_group[key] for key in ESPO_METRIC_KEYS}
+    totals = _common_totals(mask, ratio, trained, log_r, clipped_high, clipped_low, clamped)
+    totals.update({
+        "clip_in_high": count(clipped & high), "high": count(high), "clip_in_low": count(clipped & low),
+        "low": count(low), "k_sum": (k * rows).sum(),
+        "eps_high": (eps_high * high_f).sum(), "eps_low": (eps_high * low_f).sum(),
+        "entropy": entropy.sum(), "entropy_high": (entropy * high_f).sum(), "entropy_low": (entropy * low_f).sum(),
+    })
+    sources = {"entropy": entropy, "mask": mask, "groups": groups, "trained": trained, "ratio": ratio,
+               "eps": eps_high, "log_r": log_r, "lp": lp.detach(), "olp": olp, "token_groups": token_groups}
+    return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, totals, sources)
 
 
 def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
-                     extra_counts: dict[str, torch.Tensor] | None = None, raw_log_r=None) -> dict[str, float]:
+                     extra_counts: dict[str, torch.Tensor] | None = None, lp=None, olp=None) -> DeviceMetrics:
     """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
     the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
 
     ``extra_counts`` (keyword-only): more token counts, reported as fractions of N_tok after
-    the common keys (``clipfrac_dual``, ``capped_frac``), fetched in the same single
-    device-to-host transfer. Python floats, computed in the dtype of ``ratio``. Finite (see
-    the module docstring); ``raw_log_r`` (keyword-only) is a callable giving the float64 raw
-    log-ratio for ``approx_kl``'s fallback (default ``log_r``).
+    the common keys (``clipfrac_dual``, ``capped_frac``). A ``DeviceMetrics`` (floats, fetched
+    in one sync when first read), computed in the dtype of ``ratio``; finite (see the module
+    docstring). ``lp``/``olp`` (keyword-only) give the float64 raw log-ratio of ``approx_kl``'s
+    fallback (default ``log_r`` itself); ``ratio`` and ``log_r`` are 0 on padding.
     """
     extra_counts = extra_counts or {}
     ratio = ratio.detach()
     log_r = log_r.detach()
-    kl = torch.where(mask, k3(log_r), _zero(log_r))
-    neg_log_r = torch.where(mask, -log_r, _zero(log_r))
-    counts, sums = _clip_tensors(mask, ratio, mask, kl, clipped_high, clipped_low, clamped)
-    counts.update({f"extra:{name}": torch.count_nonzero(c) for name, c in extra_counts.items()})
-    sums["neg_log_r"] = neg_log_r.sum()
-    n, s = _fetch(counts, sums)
-    metrics = _clip_values(n, s, mask, ratio, mask, kl, raw_log_r if raw_log_r is not None else log_r)
-    metrics["ppo_kl"] = mean(s["neg_log_r"], n["tokens"], neg_log_r, mask)
-    for name in extra_counts:
-        metrics[name] = n[f"extra:{name}"] / n["tokens"] if n["tokens"] else float("nan")
-    return metrics
+    totals = _common_totals(mask, ratio, mask, log_r, clipped_high, clipped_low, clamped)
+    totals["neg_log_r"] = -log_r.sum()
+    recipes = dict(_BASELINE)
+    for name, where in extra_counts.items():
+        totals[f"extra:{name}"] = torch.count_nonzero(where)
+        recipes[name] = ("frac", f"extra:{name}", "tokens", _NAN)
+    sources = {"mask": mask, "ratio": ratio, "trained": mask, "log_r": log_r,
+               "lp": log_r if lp is None else lp.detach(), "olp": torch.zeros_like(log_r) if olp is None else olp}
+    return DeviceMetrics(recipes, (*BASELINE_KEYS, *extra_counts), totals, sources)

@@ -18,7 +18,7 @@ from .aggregation import _aggregation_weights
 from .clipping import _clip_bounds
 from .entropy import validate_entropy
 from .grouping import _entropy_groups, group_width, trained_tokens
-from .metrics import _espo_metrics, raw_log_ratio
+from .metrics import _espo_metrics
 from .ratio import _group_log_ratio, token_ratio
 from .surrogate import _zero, check_loss, clipped_surrogate, ratio_and_advantage
 
@@ -65,7 +65,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     if validate:
         check_loss(objective, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = _espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high, clipped_low,
-                            clamped, config, k, raw_log_r=lambda: raw_log_ratio(lp, olp, m, log_r))
+                            clamped, config, k, lp=lp, olp=olp)
     return LossResult(
         loss=-objective,
         grad=grad,
