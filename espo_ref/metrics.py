@@ -117,7 +117,7 @@ DENOMINATORS = {
 }
 
 
-def denominator(key: str, keys) -> str:
+def _denominator(key: str, keys) -> str:
     """[ESPO-METRICS] [BASE-METRICS] The count key ``key`` is a fraction or mean of: the trained
     tokens for ESPO's ``ratio_mean`` (the baselines train every token), else ``DENOMINATORS``,
     else the response tokens."""
@@ -147,7 +147,7 @@ def merge_metrics(parts) -> dict[str, float]:
         if key in COUNT_KEYS:
             merged[key] = float(sum(p[key] for p in parts))
             continue
-        count = denominator(key, keys)
+        count = _denominator(key, keys)
         if count not in keys:
             raise ESPOInputError(f"metric {key!r} is a mean over {count!r}, which the parts do not report")
         weights = [p[count] for p in parts]
