@@ -69,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
-    # ESPO runs: sampled rollouts and explainable batches every N steps (0: none), responses kept
+    # sampled rollouts (and, for ESPO, explainable batches) every N steps (0: none), responses kept
     samples_every: int = 10
     samples_kept: int = 4
     device: str = "cpu"

@@ -96,6 +96,36 @@ def _row(label: str, summary: dict, records: list[dict]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def last_batch_clips(run_dir: Path) -> tuple[Path, dict, int, int, int] | None:
+    """[ESPO-CLIPMASK] The run's last saved batch (``batches/step_NNNNNN_last.npz``, the last update of
+    its last sampled step, after the policy moved) with what it logged and its response tokens,
+    tokens clipped above 1 + eps and below 1 - eps as the reference counts them (what ``espo-ref
+    explain`` on it shows); None: the run saved no such batch."""
+    from ..explain import espo_config_of, load_batch, token_view
+    from .samples import BATCHES_DIR
+
+    saved = sorted((run_dir / BATCHES_DIR).glob("step_*_last.npz"))
+    if not saved:
+        return None
+    batch = load_batch(saved[-1])
+    view = token_view(batch, espo_config_of(batch))
+    clipped = (int(view.arrays["clipped_high"].sum()), int(view.arrays["clipped_low"].sum()))
+    return saved[-1], dict(batch.logged or {}), int(view.arrays["mask"].sum()), *clipped
+
+
+def last_batch_line(run_dir: Path) -> str | None:
+    """One sentence: the last saved batch, its update and its clipped tokens above and below, with
+    the ``espo-ref explain`` command that shows them (None: no such batch)."""
+    found = last_batch_clips(run_dir)
+    if found is None:
+        return None
+    path, logged, tokens, high, low = found
+    return (f"The last saved batch, `{run_dir.name}/batches/{path.name}` (step {logged.get('step', '?')}, the "
+            f"step's last update: {logged.get('update', '?')}, after its earlier updates moved the policy), has "
+            f"{high} of its {tokens} response tokens clipped above 1 + eps (A > 0) and {low} below 1 - eps (A < 0): "
+            f"`espo-ref explain {path}` shows them (the step's first mini-batch has ratio 1 and none).")
+
+
 def token_view_lines(run_dir: Path) -> list[str]:
     """[ESPO-GROUP] What the ESPO run's sampled rollouts show about the high-entropy group: the
     share of answer-digit tokens in it against the share of template tokens, at the first and
@@ -120,9 +150,10 @@ def token_view_lines(run_dir: Path) -> list[str]:
         f"[`{run_dir.name}/{TOKEN_VIEW}`]({run_dir.name}/{TOKEN_VIEW}) shows the ESPO run's sampled responses of the "
         "first and the last sampled step, each token coloured by its entropy group and marked where clipping bit "
         f"(hover for its entropy, epsilon and clip side); `{run_dir.name}/batches/` holds each sampled step's "
-        "mini-batch for `espo-ref explain`. In the samples kept (the first responses of each sampled step's first "
-        f"mini-batch), {parts[0]}; {parts[1]}.",
+        "first and last mini-batch updates for `espo-ref explain`. In the samples kept (the first responses of "
+        f"each sampled step's last mini-batch update), {parts[0]}; {parts[1]}.",
         "",
+        *([line, ""] if (line := last_batch_line(run_dir)) else []),
     ]
 
 
@@ -211,5 +242,7 @@ def run_demo(out_dir="runs/demo", steps: int | None = None, seed: int = 0, *, pr
         log(f"{algo.upper()}: reward last {min(10, config.steps)} steps {summary['reward_last10']:.3f}, "
             "greedy accuracy "
             f"{summary.get('eval_accuracy_before', float('nan')):.2f} -> {summary.get('eval_accuracy_after', float('nan')):.2f}")
+        if algo == "espo" and (line := last_batch_line(out / algo)):
+            log("ESPO: " + line.replace("`", "").replace("The last", "the last", 1))
     plot_runs({algo.upper(): records for algo, (_, records) in results.items()}, out)
     return write_report(out, config, warm, results, time.perf_counter() - start)

@@ -65,8 +65,8 @@ from .metrics import METRICS_FILE, PANELS, UNLOGGED_LOSS_METRICS, MetricsLog, me
 from .model import load_policy, model_positions, vocab_size
 from .rollout import (Rollout, Scores, build_rollout, generate, left_pad, old_policy_pass, response_logprobs,
                       right_pad, score, step_generator)
-from .samples import BATCHES_DIR, SAMPLES_FILE, TOKEN_VIEW, SampleLog, response_tokens, wants_samples, \
-    write_samples, write_token_view
+from .samples import BATCHES_DIR, SAMPLES_FILE, TOKEN_VIEW, SampleLog, batch_path, response_tokens, rollout_records, \
+    save_update_batch, wants_samples, write_token_view
 from .tasks import VerifierError, make_task
 
 __all__ = ["NonFiniteLossError", "RUN_FILES", "RUN_MARKERS", "RunExistsError", "seed_everything", "train",
@@ -455,8 +455,10 @@ class Update:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     metrics: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
-    # the first update's rows, current log-probs and loss result (what samples.write_samples saves)
+    # the first and the last update's (rows, current log-probs, loss result, loss, where): what
+    # step_samples saves (the last one after the policy moved; the same as the first with one update)
     first: tuple | None = None
+    last: tuple | None = None
 
 
 def optimizer_step(run: Run, loss: torch.Tensor, params: list, step: int, where: str) -> tuple[float, float]:
@@ -494,8 +496,9 @@ def update_policy(run: Run, rollout: Rollout, old_logp, entropy, advantages, ste
             result = compute_loss(config.algo, logp, old_logp[rows], entropy[rows], rollout.response_mask[rows],
                                   advantages[rows], run.loss_config)
             loss, grad_norm = optimizer_step(run, result.loss, params, step, where)
+            update.last = (rows, logp.detach(), result, loss, where)
             if update.first is None:
-                update.first = (rows, logp.detach(), result, loss, where)
+                update.first = update.last
             update.losses.append(loss)
             update.grad_norms.append(grad_norm)
             for key, value in result.metrics.items():
@@ -543,24 +546,33 @@ def loss_metric_means(metrics: dict[str, list[tuple[float, str]]], step: int, lo
 
 def step_samples(run: Run, step: int, examples, rollout: Rollout, scores: Scores, old_logp, entropy, advantages,
                  update: Update) -> list[dict]:
-    """The step's first mini-batch as an explainable batch (batches/) and its first responses'
-    token records (for rollouts.jsonl) [ESPO-GROUP] [ESPO-CLIPMASK]."""
-    rows, logp, result, loss, where = update.first
-    mask = rollout.response_mask[rows]
-    inputs = {"logp": logp, "old_logp": old_logp[rows], "entropy": entropy[rows], "mask": mask,
-              "advantages": advantages[rows]}
-    index = rows.tolist()
-    prompts = [examples[int(rollout.prompt_index[i])].prompt for i in index]
-    return write_samples(run.out_dir, step, prompts=prompts, rewards=scores.rewards[rows].tolist(),
-                         tokens=response_tokens(run.tokenizer, rollout.response_ids[rows], mask), inputs=inputs,
-                         result=result, loss_config=run.loss_config,
-                         logged={"step": step, "loss": loss, "update": where}, kept=run.config.samples_kept)
+    """[ESPO-GROUP] [ESPO-CLIPMASK] A sampled step's updates as explainable batches (ESPO): the first
+    mini-batch update (batches/step_NNNNNN.npz, ratio 1) and, when the step made more than one, the
+    last (batches/step_NNNNNN_last.npz: its old_logp from the rollout, its logp under the policy the
+    earlier updates moved, so its clipped tokens show); returns the last update's first responses'
+    token records (for rollouts.jsonl, every algorithm)."""
+    espo = run.config.algo == "espo"
+    saved = [(update.first, False)] + ([] if update.last is update.first else [(update.last, True)])
+    records: list[dict] = []
+    for (rows, logp, result, loss, where), last in saved:
+        mask = rollout.response_mask[rows]
+        inputs = {"logp": logp, "old_logp": old_logp[rows], "entropy": entropy[rows], "mask": mask,
+                  "advantages": advantages[rows]}
+        tokens = response_tokens(run.tokenizer, rollout.response_ids[rows], mask)
+        path = batch_path(run.out_dir, step, last=last) if espo else None
+        if path is not None:  # explain runs the ESPO reference: a baseline's batch has nothing to explain
+            save_update_batch(path, inputs, run.loss_config, tokens=tokens,
+                              logged={"step": step, "loss": loss, "update": where})
+        prompts = [examples[int(rollout.prompt_index[i])].prompt for i in rows.tolist()]
+        records = rollout_records(step, prompts=prompts, rewards=scores.rewards[rows].tolist(), tokens=tokens,
+                                  inputs=inputs, result=result, kept=run.config.samples_kept, batch=path)
+    return records
 
 
 def train_step(run: Run, step: int, *, samples: SampleLog | None = None) -> dict:
     """One RL step, collect -> score -> old_policy -> advantages -> update; returns the
-    step's record (its line of metrics.jsonl). With ``samples``, a sampled step's first
-    mini-batch and responses are written too (see ``samples``)."""
+    step's record (its line of metrics.jsonl). With ``samples``, a sampled step's first and last
+    mini-batch updates and responses are written too (see ``samples``)."""
     t0 = time.perf_counter()
     examples, rollout = collect(run, step)
     scores = score_step(run, rollout, step)
