@@ -63,9 +63,10 @@ TRAIN_OPTIONS = [
     ("--loss-agg-mode", "loss_agg_mode", str, "baselines: the loss aggregation mode"),
     ("--score-truncated", "score_truncated", boolean, "score responses cut at max-new-tokens (default false)"),
     ("--steps", "steps", int, "RL steps (default 100)"),
-    ("--samples-every", "samples_every", int, "ESPO: sampled rollouts and a batch for espo-ref explain every N "
-                                              "steps, first and last included (default 10; 0: none)"),
-    ("--samples-kept", "samples_kept", int, "ESPO: responses per sampled step in rollouts.jsonl (default 4)"),
+    ("--samples-every", "samples_every", int, "sampled rollouts (and, for ESPO, the first and last update's "
+                                              "batches for espo-ref explain) every N steps, first and last "
+                                              "included (default 10; 0: none)"),
+    ("--samples-kept", "samples_kept", int, "responses per sampled step in rollouts.jsonl (default 4)"),
     ("--prompts-per-step", "prompts_per_step", int, "prompts per step (default 8)"),
     ("--group-size", "group_size", int, "responses per prompt, G (default 8)"),
     ("--temperature", "temperature", float, "sampling temperature (default 1.0)"),
