@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .compare import compare_field, required_fields
 from .functions import FIELD_ORDER, FUNCTIONS, suspects
 from .golden import GoldenCase
@@ -157,8 +159,12 @@ def float64_twin(case: GoldenCase) -> GoldenCase:
     from .functions import reference_outputs
 
     spec = FUNCTIONS[case.function]
-    expected = reference_outputs(spec, case.inputs, case.config, case.kwargs)
-    return GoldenCase(case.case_id + "@float64", case.function, case.clauses, "float64", case.inputs, case.config,
+    # float64 arrays: a batch saved by a float32 trainer holds float32 ones, and a reading computed on
+    # those (numpy keeps float32 through where and subtraction) would miss a float64 implementation
+    inputs = {name: np.asarray(value, dtype=np.float64) if np.asarray(value).dtype.kind == "f" else value
+              for name, value in case.inputs.items()}
+    expected = reference_outputs(spec, inputs, case.config, case.kwargs)
+    return GoldenCase(case.case_id + "@float64", case.function, case.clauses, "float64", inputs, case.config,
                       case.kwargs, expected, case.source)
 
 
