@@ -2,7 +2,11 @@
 say about one: equal entropies rank the *later* position first when the high-entropy group is
 chosen, where the spec ([ESPO-GROUP-TOPFRAC]) ranks the earlier one first.
 
-    espo-ref explain BATCH --impl examples.later_ties:espo_loss
+    espo-ref explain BATCH --impl examples.later_ties:espo_loss      # from the repository root
+
+BATCH needs tied entropies in a response for the reading to matter: a trained model's float entropies
+rarely tie (the demo's batches have none), so there it agrees with the reference; see
+``literal_eq9.py`` for a misreading that the demo's last batch shows.
 
 It is the reference run on each response with its response tokens in reverse order (so a tie
 goes to the later position) and its per-token outputs put back in place; nothing else changes.
