@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
@@ -31,11 +29,12 @@ def boolean(text: str) -> bool:
 
 
 def read_json_object(path) -> dict:
-    """The JSON object in a file; ValueError (saying why, without the path) otherwise."""
+    """The JSON object in a file; ValueError (saying why, without the path) otherwise. Its size and
+    nesting are bounded (espo_ref._files.read_json_object, [CONF-FILES], whose errors name the file)."""
+    from ._files import FileError
+    from ._files import read_json_object as read
+
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"not readable as JSON ({e})") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+        return read(path)
+    except FileError as e:
+        raise ValueError(e.reason) from None

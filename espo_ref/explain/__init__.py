@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._argtypes import read_json_object
+from .._files import (BATCH_ELEMENTS, BATCH_JSON_BYTES, FileError, json_type, parse_json, read_json_object,
+                      read_npz)
 from .._io import write_atomic_bytes
 from ..config import ESPOConfig
 from ..errors import ESPOInputError
@@ -36,9 +38,9 @@ INPUTS = ("logp", "old_logp", "entropy", "mask", "advantages")
 TOKEN_FIELDS = ("groups", "eps", "log_ratio", "ratio", "clipped_high", "clipped_low", "weight", "grad")
 
 
-class BatchError(ESPOInputError):
-    """A batch file that cannot be read or lacks what explain needs (the message names the file
-    and the key)."""
+class BatchError(FileError):
+    """[CONF-FILES] A batch file that cannot be read or lacks what explain needs (one line naming the
+    file and the key)."""
 
 
 @dataclass
@@ -65,8 +67,51 @@ def _tokens_from(value, shape, source: str) -> list[list[str]]:
     """One row of token strings per response, padded with "" to the batch's T positions."""
     rows = value.tolist() if isinstance(value, np.ndarray) else value
     if not isinstance(rows, list) or len(rows) != shape[0] or not all(isinstance(r, list) for r in rows):
-        raise BatchError(f"{source}: tokens must be {shape[0]} rows of token strings (one row per response)")
+        raise BatchError(source, f"tokens must be {shape[0]} rows of token strings (one row per response)")
     return [[str(x) for x in row] + [""] * max(0, shape[1] - len(row)) for row in rows]
+
+
+#: dtype kinds an input array may have: bool, int, uint, float
+NUMERIC_KINDS = "biuf"
+
+
+def _numeric(value, key: str, source: str) -> np.ndarray:
+    """An input array as read: numbers or booleans (an .npz's array, or a JSON array's values)."""
+    if isinstance(value, np.generic):  # a 0-d array of the .npz, as a scalar
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        value = _json_array(value, key, source)
+    if value.dtype.kind not in NUMERIC_KINDS:
+        raise BatchError(source, f"an array of {value.dtype} values; a batch's inputs are numbers or booleans", key)
+    return value
+
+
+def _json_array(value, key: str, source: str) -> np.ndarray:
+    """A JSON number or (nested) array of numbers and booleans, rectangular, as numpy."""
+    shape, level = [], value
+    while isinstance(level, list):
+        shape.append(len(level))
+        if len(shape) > 8:
+            raise BatchError(source, "an array nested more than 8 levels", key)
+        level = level[0] if level else None
+    items = [value]
+    for depth, n in enumerate(shape):
+        nxt = []
+        for item in items:
+            if not isinstance(item, list) or len(item) != n:
+                got = f"{len(item)} elements" if isinstance(item, list) else json_type(item)
+                raise BatchError(source, f"a ragged array: level {depth + 1} holds {got} where the first row "
+                                         f"has {n}", key)
+            nxt.extend(item)
+        items = nxt
+    if not all(type(v) in (int, float, bool) for v in items):
+        bad = next(v for v in items if type(v) not in (int, float, bool))
+        raise BatchError(source, f"an array holding {json_type(bad)}; a batch's inputs are numbers or booleans "
+                                 f"(or an encoded array: dtype, shape and data)", key)
+    try:
+        return np.array(value, dtype=bool if items and all(type(v) is bool for v in items) else None)
+    except (OverflowError, ValueError) as e:
+        raise BatchError(source, f"not an array of numbers ({e})", key) from None
 
 
 def _from_mapping(get, keys, source: str) -> Batch:
@@ -75,16 +120,19 @@ def _from_mapping(get, keys, source: str) -> Batch:
     for name in INPUTS:
         for key in (f"inputs.{name}", name):
             if key in keys:
-                inputs[name] = np.asarray(get(key))
+                inputs[name] = _numeric(get(key), key, source)
                 break
         else:
-            raise BatchError(f"{source}: no '{name}' (looked for inputs.{name} and {name}); a batch holds "
-                             f"{', '.join(INPUTS)}, as espo-ref conform --dump writes them")
+            raise BatchError(source, f"no '{name}' (looked for inputs.{name} and {name}); a batch holds "
+                                     f"{', '.join(INPUTS)}, as espo-ref conform --dump writes them")
     shape = np.shape(inputs["mask"])
     if len(shape) != 2:
-        raise BatchError(f"{source}: mask must be 2-D [B, T], got shape {shape}")
+        raise BatchError(source, f"mask must be 2-D [B, T], got shape {shape}")
     config = _json_value(get, keys, "config", source)
     logged = _json_value(get, keys, "logged", source)
+    loss = logged.get("loss")
+    if loss is not None and not _is_float(loss):
+        raise BatchError(source, f"must be a number, got {json_type(loss)} {loss!r}"[:200], "logged.loss")
     tokens = None
     for key in ("tokens", "inputs.tokens"):
         if key in keys:
@@ -92,50 +140,78 @@ def _from_mapping(get, keys, source: str) -> Batch:
     return Batch(inputs, config or {}, tokens, logged or {}, source)
 
 
+def _is_float(value) -> bool:
+    """A JSON number that is a float64 (an int too large for one is not)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _json_value(get, keys, name: str, source: str) -> dict:
     if f"{name}_json" in keys:
-        try:
-            value = json.loads(str(get(f"{name}_json")))
-        except ValueError as exc:
-            raise BatchError(f"{source}: {name}_json is not JSON ({exc})") from None
+        text = get(f"{name}_json")
+        if not isinstance(text, (str, np.str_)) or isinstance(text, np.ndarray):
+            raise BatchError(source, f"must be a JSON text, got {getattr(text, 'dtype', type(text).__name__)}",
+                             f"{name}_json")
+        value = parse_json(str(text), source, f"{name}_json")
     elif name in keys:
         value = get(name)
     else:
         return {}
     if value is not None and not isinstance(value, dict):
-        raise BatchError(f"{source}: {name} must be a JSON object, got {type(value).__name__}")
+        raise BatchError(source, f"must be a JSON object, got {json_type(value)}", name)
     return value or {}
 
 
 def load_batch(path) -> Batch:
-    """[CONF-CASES] A batch from a ``.npz`` (``allow_pickle=False``) or a ``.json`` file."""
+    """[CONF-CASES] [CONF-FILES] A batch from a ``.npz`` (its arrays' sizes and dtypes checked before any
+    is decompressed; no pickles) or a ``.json`` file (size and nesting checked before parsing).
+    Every problem is a BatchError naming the file and the key."""
     path = Path(path)
     source = str(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*") if p.suffix in (".npz", ".json") and p.is_file())[:3]
         hint = f" (it holds {', '.join(found)}{', ...' if len(found) == 3 else ''})" if found else ""
-        raise BatchError(f"{source}: is a folder; give one batch file (.npz or .json){hint}")
+        raise BatchError(source, f"is a folder; give one batch file (.npz or .json){hint}")
     if not path.is_file():
-        raise BatchError(f"{source}: no such file")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise BatchError(f"{source}: not a readable .npz without pickles ({exc})") from None
-        return _from_mapping(lambda k: arrays[k][()] if arrays[k].shape == () else arrays[k], arrays.keys(), source)
-    if path.suffix == ".json":
-        from ..conformance.arrays import decode
+        raise BatchError(source, "no such file")
+    try:
+        if path.suffix == ".npz":
+            arrays = read_npz(path)
+            return _from_mapping(lambda k: arrays[k][()] if arrays[k].shape == () else arrays[k], arrays.keys(),
+                                 source)
+        if path.suffix == ".json":
+            obj = read_json_object(path, max_bytes=BATCH_JSON_BYTES, what="a batch file")
+            return _from_mapping(*_json_lookup(obj, source), source)
+    except BatchError:
+        raise
+    except FileError as e:
+        raise BatchError(e.path, e.reason, e.where) from None
+    raise BatchError(source, "expected a .npz or .json batch file")
 
-        try:
-            obj = read_json_object(path)
-        except ValueError as exc:
-            raise BatchError(f"{source}: {exc}") from None
-        flat = dict(obj)
-        for name, value in (obj.get("inputs") or {}).items():
-            flat[f"inputs.{name}"] = decode(value) if isinstance(value, dict) else np.asarray(value)
-        return _from_mapping(lambda k: flat[k], flat.keys(), source)
-    raise BatchError(f"{source}: expected a .npz or .json batch file")
+
+def _json_lookup(obj: dict, source: str):
+    """The key -> value lookup of a JSON batch: ``inputs.NAME`` for each of ``inputs`` (an encoded
+    array, decoded with its sizes checked, or a plain JSON array), the top-level keys as they are."""
+    from ..conformance.arrays import decode
+
+    flat = dict(obj)
+    inputs = obj.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict):
+        raise BatchError(source, f"must be a JSON object of arrays (name -> array), got {json_type(inputs)}",
+                         "inputs")
+    for name, value in (inputs or {}).items():
+        if isinstance(value, dict):
+            try:
+                value = decode(value, max_elements=BATCH_ELEMENTS)
+            except ValueError as e:
+                raise BatchError(source, str(e), f"inputs.{name}") from None
+        flat[f"inputs.{name}"] = value
+    return (lambda k: flat[k]), flat.keys()
 
 
 def save_batch(path, inputs: dict[str, np.ndarray], config: dict, *, tokens=None, logged: dict | None = None) -> None:
@@ -158,13 +234,16 @@ def espo_config_of(batch: Batch, overrides: dict[str, Any] | None = None) -> ESP
     """[ESPO-CONFIG] The batch's config with ``overrides`` (the options the command line gave) on top."""
     values = {**batch.config, **(overrides or {})}
     if "vocab_size" not in values:
-        raise BatchError(f"{batch.source}: no vocab_size in the batch's config; pass --vocab-size")
+        raise BatchError(batch.source, "no vocab_size in the batch's config; pass --vocab-size")
     if isinstance(values.get("entropy_edges"), list):
         values["entropy_edges"] = tuple(values["entropy_edges"])
     try:
         return ESPOConfig.from_dict(values)
-    except TypeError as exc:
-        raise BatchError(f"{batch.source}: config: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        field = re.match(r"[a-z_]*", str(exc)).group(0)
+        if isinstance(exc, ValueError) and field in (overrides or {}):
+            raise  # the command line's option: the message names it
+        raise BatchError(batch.source, str(exc), "config") from None
 
 
 @dataclass
@@ -202,7 +281,10 @@ class TokenView:
 def token_view(batch: Batch, config: ESPOConfig) -> TokenView:
     """[ESPO-OBJ] The reference's loss on the batch and its per-token quantities."""
     x = batch.inputs
-    result = espo_loss(x["logp"], x["old_logp"], x["entropy"], x["mask"], x["advantages"], config)
+    try:
+        result = espo_loss(x["logp"], x["old_logp"], x["entropy"], x["mask"], x["advantages"], config)
+    except ESPOInputError as exc:  # the batch's arrays: the message names the argument
+        raise BatchError(batch.source, str(exc)) from None
     mask = np.asarray(x["mask"], dtype=bool)
     adv = np.asarray(x["advantages"], dtype=np.float64)
     adv = np.broadcast_to(adv[:, None], mask.shape) if adv.ndim == 1 else adv
