@@ -6,7 +6,11 @@ data position, Python and numpy RNG states, the run's config). The folder is wri
 a temporary name and renamed into place; then ``checkpoints/latest.json`` (written
 atomically) points at it. A reader therefore sees the previous checkpoint or the new one,
 never a part. Tensors are read back with ``torch.load(..., weights_only=True)``: nothing
-is unpickled but tensors and plain containers.
+is unpickled but tensors and plain containers, and only from a file ``check_tensor_file``
+accepted (a zip whose members are stored uncompressed and fit in the file). ``latest.json``
+and ``state.json`` are read with their size and nesting bounded, and ``state.json``'s step,
+RNG states, config and summary are checked for their types before anything uses them
+[CONF-FILES].
 
 Safety: ``latest.json`` may only name a ``step-NNNNNN`` folder inside the same
 ``checkpoints/`` folder; a temporary folder ``.step-NNNNNN.tmp-PID`` left by a process
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import RUN_FILE_BYTES, FileError, check_tensor_file, json_type, read_json_object
 from .._io import write_atomic
 from .errors import CheckpointWriteError, TrainInputError, describe_os_error, os_error_in
 
@@ -186,9 +191,11 @@ def latest_checkpoint(ckpt_dir) -> Path | None:
     if not pointer.exists():
         return None
     try:
-        name = json.loads(pointer.read_text(encoding="utf-8"))["path"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrainInputError(f"{pointer}: not a checkpoint pointer ({type(e).__name__}: {e})") from None
+        name = read_json_object(pointer, max_bytes=RUN_FILE_BYTES, what="a checkpoint pointer")["path"]
+    except FileError as e:
+        raise TrainInputError(f"{pointer}: not a checkpoint pointer ({e.reason})") from None
+    except KeyError as e:
+        raise TrainInputError(f"{pointer}: not a checkpoint pointer (KeyError: {e})") from None
     if not isinstance(name, str) or not STEP_DIR.fullmatch(name):
         raise TrainInputError(f"{pointer}: 'path' must name a step-NNNNNN folder inside {ckpt_dir}, got {name!r}; "
                               f"refusing to follow it")
@@ -205,6 +212,10 @@ def _load_tensors(path: Path, map_location):
     containers, or is not a torch file, is a TrainInputError naming it."""
     import warnings
 
+    try:
+        check_tensor_file(path)
+    except FileError as e:
+        raise TrainInputError(str(e)) from None
     try:
         with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -226,24 +237,77 @@ def _load_tensors(path: Path, map_location):
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """{'state': state.json, 'weights', 'optimizer', 'rng'} of a checkpoint folder."""
+    """{'state': state.json, 'weights', 'optimizer', 'rng'} of a checkpoint folder, each checked
+    for what it must hold (a state_dict, an optimizer's state_dict, the RNG state tensors)."""
     path = Path(path)
-    return {"state": load_state(path), "weights": _load_tensors(path / "weights.pt", map_location),
-            "optimizer": _load_tensors(path / "optimizer.pt", map_location),
-            "rng": _load_tensors(path / "rng.pt", map_location), "path": path}
+    loaded = {"state": load_state(path), "weights": load_weights(path, map_location),
+              "optimizer": _load_tensors(path / "optimizer.pt", map_location),
+              "rng": _load_tensors(path / "rng.pt", map_location), "path": path}
+    optimizer = loaded["optimizer"]
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        raise TrainInputError(f"{path / 'optimizer.pt'}: not an optimizer's state_dict (a dict with 'state' and "
+                              f"'param_groups'), got {type(optimizer).__name__}")
+    rng, want = loaded["rng"], torch.get_rng_state()
+    torch_state = rng.get("torch") if isinstance(rng, dict) else None
+    if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != want.dtype or \
+            torch_state.shape != want.shape:
+        raise TrainInputError(f"{path / 'rng.pt'}: not the RNG states of a checkpoint ('torch': a {want.dtype} "
+                              f"tensor of shape {tuple(want.shape)})")
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, (list, tuple)) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                                       for t in cuda):
+        raise TrainInputError(f"{path / 'rng.pt'}: 'cuda' must be a list of uint8 RNG state tensors")
+    return loaded
+
+
+def _uint32s(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(type(v) is int and 0 <= v < 2**32 for v in value)
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and abs(value) < float("inf")
+
+
+def check_rng_state(host) -> str | None:
+    """What is wrong with the Python and numpy RNG states of a state.json (None: nothing), as
+    ``rng_states`` writes them and ``restore_rng`` restores them."""
+    if not isinstance(host, dict) or set(host) != {"python", "numpy"}:
+        return f"must be an object with 'python' and 'numpy', got {json_type(host)}" + (
+            f" with {sorted(host)}" if isinstance(host, dict) else "")
+    python = host["python"]
+    if not (isinstance(python, list) and len(python) == 3 and python[0] == 3 and type(python[0]) is int
+            and _uint32s(python[1], 625) and python[1][-1] <= 624 and (python[2] is None or _number(python[2]))):
+        return "'python' must be [3, 625 ints in [0, 2**32) (the last <= 624), null or a number] (random.getstate)"
+    numpy = host["numpy"]
+    if not (isinstance(numpy, list) and len(numpy) == 5 and numpy[0] == "MT19937" and _uint32s(numpy[1], 624)
+            and type(numpy[2]) is int and 0 <= numpy[2] <= 624 and numpy[3] in (0, 1) and type(numpy[3]) is int
+            and _number(numpy[4])):
+        return "'numpy' must be ['MT19937', 624 ints in [0, 2**32), an int in [0, 624], 0 or 1, a number] " \
+               "(numpy.random.get_state)"
+    return None
 
 
 def load_state(path) -> dict:
-    """A checkpoint's state.json (step, RNG states, the run's config), without its tensors."""
+    """[CONF-FILES] A checkpoint's state.json (step, RNG states, the run's config), without its
+    tensors: its size and nesting bounded, and each field of the type the trainer uses (step an
+    int >= 0, the RNG states as rng_states writes them, config and summary objects)."""
     state_file = Path(path) / "state.json"
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise TrainInputError(f"{state_file}: cannot read ({e.strerror or e})") from e
-    except ValueError as e:
-        raise TrainInputError(f"{state_file}: not valid JSON ({e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "step" not in state:
+        state = read_json_object(state_file, max_bytes=RUN_FILE_BYTES, what="a checkpoint's state.json")
+    except FileError as e:
+        raise TrainInputError(str(e)) from None
+    if not isinstance(state.get("config"), dict) or "step" not in state:
         raise TrainInputError(f"{state_file}: not a checkpoint state (no 'step' and 'config')")
+    step = state["step"]
+    if type(step) is not int or step < 0:
+        raise TrainInputError(str(FileError(state_file, f"must be an int >= 0, got {json_type(step)} {step!r}"[:200],
+                                            "step")))
+    problem = check_rng_state(state.get("rng"))
+    if problem:
+        raise TrainInputError(str(FileError(state_file, problem, "rng")))
+    if not isinstance(state.get("summary", {}), dict):
+        raise TrainInputError(str(FileError(state_file, f"must be an object, got {json_type(state['summary'])}",
+                                            "summary")))
     return state
 
 

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._argtypes import boolean, one_line_errors, read_json_object
+from .._argtypes import boolean, one_line_errors
 
 # What ``espo-ref demo`` costs, measured (see the README's Train section).
 DEMO_TIME = ("about 3 min on a 2-core CPU (measured 2 min 52 s on an AMD EPYC, torch 2.13 CPU, November "
@@ -28,10 +28,12 @@ def _none_or_float(text: str):
 
 
 def _json_object(text: str) -> dict:
+    from .._files import parse_json
+
     try:
-        value = json.loads(text)
+        value = parse_json(text, "<argument>")
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{e.reason[:300]}: {text[:200]!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"max_operand\": 5}}', "
                                          f"got {type(value).__name__} {text!r}")
@@ -152,33 +154,66 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_body(args: argparse.Namespace) -> int:
-    from ..config import check_known_fields
-    from .config import TrainConfig
-    from .errors import TrainInputError
     from .trainer import train
 
     given = {field: getattr(args, field) for _, field, _, _ in TRAIN_OPTIONS if getattr(args, field) is not None}
     given["out_dir"] = args.out
-    base = {}
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.exists():
-        try:
-            base = read_json_object(saved)
-        except ValueError as e:
-            raise TrainInputError(f"--resume: {saved}: {e}") from e
-        try:
-            check_known_fields(TrainConfig, base, str(saved))
-        except ValueError as e:
-            raise TrainInputError(f"--resume: {e}") from e
-    try:
-        config = TrainConfig.from_dict({**base, **given})
-    except (TypeError, ValueError) as e:
-        raise TrainInputError(_flagged(str(e))) from e
+    config = config_of(given, Path(args.out) / "config.json" if args.resume else None)
     summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     shown = {k: v for k, v in summary.items() if not k.startswith("eval_example")}
     print(json.dumps(shown, indent=2, sort_keys=True))
     print(f"metrics, plots and checkpoints in {config.out_dir}")
     return 0
+
+
+def config_of(given: dict, saved: Path | None = None):
+    """The run's TrainConfig: the flags ``given`` over, with --resume, the run's config.json
+    (``saved``, read by read_saved_config when it exists). A TrainInputError names the flag, or
+    the file and the key of a saved value."""
+    from .config import TrainConfig
+    from .errors import TrainInputError
+
+    base = read_saved_config(saved) if saved is not None and saved.exists() else {}
+    try:
+        return TrainConfig.from_dict({**base, **given})
+    except (TypeError, ValueError) as e:
+        field = str(e).split(" ", 1)[0]
+        if field in base and field not in given:  # the saved configuration's value, not a flag's
+            raise TrainInputError(f"--resume: {saved}: {e}") from e
+        raise TrainInputError(_flagged(str(e))) from e
+
+
+def read_saved_config(saved: Path) -> dict:
+    """[CONF-FILES] A run's config.json for --resume: a JSON object (size and nesting bounded) of
+    TrainConfig's fields, each of its field's type; a TrainInputError naming the file and the key."""
+    import types
+    import typing
+
+    from .._files import RUN_FILE_BYTES, FileError, json_type, read_json_object
+    from ..config import check_known_fields
+    from .config import TrainConfig
+    from .errors import TrainInputError
+
+    try:
+        base = read_json_object(saved, max_bytes=RUN_FILE_BYTES, what="a run's config.json")
+        check_known_fields(TrainConfig, base, str(saved))
+    except ValueError as e:
+        raise TrainInputError(f"--resume: {e}") from e
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        allowed = [typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,))]
+        if name in base and not any(_JSON_TYPES[t](base[name]) for t in allowed):
+            names = " or ".join(_JSON_NAMES[t] for t in allowed)
+            problem = FileError(saved, f"must be {names}, got {json_type(base[name])}", name)
+            raise TrainInputError(f"--resume: {problem}")
+    return base
+
+
+_JSON_TYPES = {bool: lambda v: type(v) is bool, int: lambda v: type(v) is int,
+               float: lambda v: type(v) is float or (type(v) is int and abs(v) < 2**1023),
+               str: lambda v: type(v) is str, dict: lambda v: type(v) is dict, type(None): lambda v: v is None}
+_JSON_NAMES = {bool: "true or false", int: "an int", float: "a number", str: "a string", dict: "an object",
+               type(None): "null"}
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from .._files import RUN_LOG_BYTES, RUN_LOG_LINE_BYTES, FileError, json_type, read_jsonl
 from .._io import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
@@ -58,20 +59,23 @@ class MetricsLog:
 
 
 def read_metrics(path) -> list[dict]:
+    """[CONF-FILES] The records of a run's metrics.jsonl (or rollouts.jsonl): each line a JSON object
+    with an int ``step``, its length and the file's size bounded; a torn last line (a run killed
+    while writing it) is dropped. A malformed line is a FileError naming the file and the line."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
     records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):  # a run killed while writing its last line
-                break
-            raise ValueError(f"{path}:{number}: not valid JSON") from None
+    for number, record in read_jsonl(path, max_line_bytes=RUN_LOG_LINE_BYTES, max_bytes=RUN_LOG_BYTES,
+                                     torn_last=True, what="a run's log"):
+        if not isinstance(record, dict):
+            raise FileError(path, f"expected a JSON object, got {json_type(record)}", number)
+        step = record.get("step")
+        if type(step) is not int:
+            raise FileError(path, f"'step' must be an int, got {json_type(step)} {step!r}"[:200], number)
+        records.append(record)
     return records
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._files import TASK_BYTES, TASK_LINE_BYTES, FileError, read_jsonl
 from .errors import TrainInputError
 
 Verifier = Callable[[str, str], "float | bool | None"]
@@ -288,40 +288,32 @@ class JsonlTask(Task):
 
 
 def load_jsonl(path) -> list[Example]:
-    """Read ``prompt``/``answer`` examples; a malformed line is a ValueError naming the file
-    and the line number."""
+    """[CONF-FILES] Read ``prompt``/``answer`` examples; a malformed line is a FileError (a ValueError)
+    naming the file and the line number. A line's length and its JSON nesting are bounded before
+    it is parsed."""
     path = Path(path)
     examples = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'answer', got {type(record).__name__}")
-            for key in ("prompt", "answer"):
-                if key not in record:
-                    raise ValueError(f"{where}: missing field {key!r}")
-            prompt, answer, response = record["prompt"], record["answer"], record.get("response")
-            if not isinstance(prompt, str) or not prompt:
-                raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {prompt!r}")
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-                raise ValueError(f"{where}: 'answer' must be a string or a number, got {answer!r}")
-            if isinstance(answer, float) and not math.isfinite(answer):
-                raise ValueError(f"{where}: 'answer' must be finite, got {answer!r}")
-            if response is not None and not isinstance(response, str):
-                raise ValueError(f"{where}: 'response' must be a string, got {response!r}")
-            examples.append(Example(prompt=prompt, answer=str(answer), response=response, where=where))
+    for lineno, record in read_jsonl(path, max_line_bytes=TASK_LINE_BYTES, max_bytes=TASK_BYTES,
+                                     what="a task's JSONL"):
+        where = f"{path}:{lineno}"  # what Example keeps to name the line
+        if not isinstance(record, dict):
+            raise FileError(path, f"expected a JSON object with 'prompt' and 'answer', got {type(record).__name__}",
+                            lineno)
+        for key in ("prompt", "answer"):
+            if key not in record:
+                raise FileError(path, f"missing field {key!r}", lineno)
+        prompt, answer, response = record["prompt"], record["answer"], record.get("response")
+        if not isinstance(prompt, str) or not prompt:
+            raise FileError(path, f"'prompt' must be a non-empty string, got {prompt!r}", lineno)
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            raise FileError(path, f"'answer' must be a string or a number, got {answer!r}", lineno)
+        if isinstance(answer, float) and not math.isfinite(answer):
+            raise FileError(path, f"'answer' must be finite, got {answer!r}", lineno)
+        if response is not None and not isinstance(response, str):
+            raise FileError(path, f"'response' must be a string, got {response!r}", lineno)
+        examples.append(Example(prompt=prompt, answer=str(answer), response=response, where=where))
     if not examples:
-        raise ValueError(f"{path}: no examples (the file is empty)")
+        raise FileError(path, "no examples (the file is empty)")
     return examples
 
 
