@@ -102,6 +102,7 @@ def _dump(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ._files import REPORT_BYTES, FileError, read_json_object
     from ._io import write_atomic
     from .conformance.golden import GoldenCase, load
     from .conformance.runner import SetupError
@@ -110,10 +111,13 @@ def _dump(args: argparse.Namespace) -> int:
         raise SetupError("--dump needs --to DIR (the folder to write the case into)")
     if args.dump_from:
         try:
-            data = json.loads(Path(args.dump_from).read_text(encoding="utf-8"))
+            data = read_json_object(args.dump_from, max_bytes=REPORT_BYTES, what="a conformance report")
+        except FileError as exc:
+            raise SetupError(f"--from {exc}") from None
+        try:
             found = [GoldenCase.from_json(r["case"]) for r in data.get("cases", [])
                      if r.get("case_id") == args.dump and "case" in r]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SetupError(f"--from {args.dump_from}: not a conformance report with that case ({exc})") from None
     else:
         found = [c for c in load() if c.case_id == args.dump]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
+from .._files import TEXT_BYTES, FileError, read_text
 from .errors import SetupError
 from .golden import GoldenCase
 
@@ -27,11 +28,9 @@ def read_xfail_file(path) -> dict[str, str]:
         shipped = ", ".join(shipped_xfail_files()) or "none"
         raise SetupError(f"--xfail-file {path}: no such file (shipped files: {shipped})")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SetupError(f"--xfail-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise SetupError(f"--xfail-file {path}: cannot read it: {exc.strerror}") from None
+        text = read_text(p, TEXT_BYTES, "an xfail file")  # [CONF-FILES]: its size bounded
+    except FileError as exc:
+        raise SetupError(f"--xfail-file {exc}") from None
     out = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
