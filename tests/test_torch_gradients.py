@@ -255,3 +255,26 @@ def test_ESPO_OBJ_old_logp_advantages_and_entropy_get_no_gradient(loss):
     assert a.grad is None, f"[ESPO-OBJ] {loss}: a gradient reached the advantages"
     assert e.grad is None, f"[ESPO-OBJ] {loss}: a gradient reached the entropy"
     assert_close(host(t.grad), want.grad, GRAD, "ESPO-OBJ", f"{loss}: autograd through old_logp")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data())
+def test_ESPO_OBJ_analytic_backward_equals_autograd_through_the_stop_gradients(data, device):
+    """[ESPO-OBJ] [ESPO-RATIO-TOKEN] espo_loss's backward applies the analytic gradient of Eq. 9;
+    autograd through Eq. 9's stop-gradients, token by token (the paper's formulation, a second
+    derivation), gives the same gradient and the same loss, every config and dtype drawn."""
+    from espo_ref.torch._autograd_objective import espo_loss_autograd
+
+    dtype = data.draw(st.sampled_from(["float64", "float32"]), label="dtype")
+    batch = data.draw(batches(dtype), label="batch")
+    got, grad = run_torch(batch, device)
+    args = to_torch(batch, device)
+    want = espo_loss_autograd(args["logp"], args["old_logp"], args["entropy"], args["mask"], args["advantages"],
+                              batch["config"])
+    want.loss.backward()
+    value, gradient = tolerance("torch", dtype, "value"), tolerance("torch", dtype, "grad")
+    assert_close(host(got.loss), host(want.loss), value, "ESPO-OBJ", "analytic vs autograd loss")
+    assert_close(host(grad), host(args["logp"].grad), gradient, "ESPO-OBJ", "analytic backward vs autograd")
+    assert_close(host(got.grad), host(args["logp"].grad), gradient, "ESPO-OBJ", "grad field vs autograd")
+    for key, value_got in got.metrics.items():
+        assert_close(value_got, want.metrics[key], value, "ESPO-METRICS", key)

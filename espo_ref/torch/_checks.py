@@ -131,13 +131,18 @@ def check_shape(t: torch.Tensor, name: str, shape: tuple[int, ...], ref: str) ->
         )
 
 
+def require_finite(t: torch.Tensor, mask: torch.Tensor, name: str) -> None:
+    """[ESPO-INPUT] Raise if ``t`` is non-finite at a response position, naming it (a host sync)."""
+    raise_at_first(mask & ~torch.isfinite(t),
+                   lambda idx: f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}")
+
+
 def finite_on(t: torch.Tensor, mask: torch.Tensor, name: str, dtype: torch.dtype,
               validate: bool = True) -> torch.Tensor:
     """Raise if t is non-finite at a response position; return t in ``dtype`` with padding
     replaced by 0 (``torch.where`` on the input, so padding gets a zero, not NaN, gradient)."""
     if validate:
-        raise_at_first(mask & ~torch.isfinite(t),
-                       lambda idx: f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}")
+        require_finite(t, mask, name)
     return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device)).to(dtype)
 
 
@@ -178,9 +183,13 @@ def entropy_in_range(entropy: torch.Tensor, mask: torch.Tensor, log_vocab: float
 
 
 def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, dtype: torch.dtype,
-                  validate: bool = True) -> torch.Tensor:
+                  validate: bool = True, mask_f: torch.Tensor | None = None) -> torch.Tensor:
     """[ESPO-INPUT] [BASE-INPUT] Advantages given per response [B] or per token [B, T], as [B, T]
-    with padding 0. Detached: advantages are constants of every loss."""
+    with padding 0. Detached: advantages are constants of every loss.
+
+    ``mask_f`` (keyword-only): the mask as 0/1 in ``dtype``; given, per-response advantages come
+    back as a [B, 1] column (0 for rows without response tokens) that broadcasts over the
+    tokens, and per-token ones are zeroed by a product (no ``torch.where``)."""
     adv = as_real_array(advantages, name, device=mask.device).detach()
     B, T = mask.shape
     if adv.ndim == 1:
@@ -191,12 +200,19 @@ def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, d
             if bool(bad.any()):
                 i = first_index(bad)[0]
                 raise ESPOInputError(f"{name} has a non-finite value {float_repr(adv, [i])} for response {i}")
+        if mask_f is not None:
+            rows = torch.count_nonzero(mask, dim=1) > 0
+            return torch.nan_to_num(adv.to(dtype) * rows.to(dtype), nan=0.0)[:, None]
         adv = adv[:, None].expand(B, T)
     elif adv.ndim == 2:
         if tuple(adv.shape) != (B, T):
             raise ESPOInputError(f"{name} must have shape ({B},) or ({B}, {T}), got {tuple(adv.shape)}")
     else:
         raise ESPOInputError(f"{name} must be 1-D [B] or 2-D [B, T], got shape {tuple(adv.shape)}")
+    if mask_f is not None:
+        if validate:
+            require_finite(adv, mask, name)
+        return torch.nan_to_num(adv.to(dtype) * mask_f, nan=0.0)
     return finite_on(adv, mask, name, dtype, validate)
 
 

@@ -40,12 +40,19 @@ def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.flo
 def _aggregation_weights(trained_seg: Segments, mask: torch.Tensor, *, dtype: torch.dtype,
                          validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights from the trained segments, and K_i."""
-    responses = mask.any(dim=1).sum()
+    per_group, k = _aggregation_table(trained_seg, mask.any(dim=1), dtype=dtype, validate=validate)
+    return trained_seg.to_tokens(per_group), k
+
+
+def _aggregation_table(trained_seg: Segments, rows: torch.Tensor, *, dtype: torch.dtype,
+                       validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight 1 / (N K_i |tau|) of each trained group [B, W] (``rows``: the responses with a
+    response token), and K_i."""
+    responses = torch.count_nonzero(rows)
     if validate and not bool(responses > 0):
         raise ESPOInputError("mask has no response token: the objective is undefined")
     k = trained_seg.groups_per_row()
-    per_group = 1.0 / (responses * k.clamp(min=1)[:, None] * trained_seg.counts.clamp(min=1)).to(dtype)
-    return trained_seg.to_tokens(per_group), k
+    return 1.0 / (responses * k.clamp(min=1)[:, None] * trained_seg.counts.clamp(min=1)).to(dtype), k
 
 
 def _as_float(norm: int) -> float:

@@ -10,8 +10,9 @@ import torch
 
 from ..config import ESPOConfig, ceil_fraction, check_config, decimal_fraction
 from ..errors import ESPOInputError
-from ..grouping import HIGH_GROUP, LOW_GROUP, PADDING
+from ..grouping import HIGH_GROUP, LOW_GROUP, PADDING  # noqa: F401 (the ids the arithmetic below encodes)
 from ._checks import check_shape, coerce, host_array, is_integer
+from ._segments import factor
 from .entropy import validate_entropy
 
 _INT64_MAX = 2**63 - 1
@@ -70,38 +71,46 @@ def _host_size(length: int, rho: Fraction) -> int:
     return min(max(ceil_fraction(length, rho), 1), length)
 
 
+def _order_key(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Integers ordered as the non-negative floats ``values`` on ``mask`` (-0.0 and 0.0 alike),
+    with every padding position below every response token.
+
+    ``values + (mask - 1)`` turns -0.0 into 0.0 and padding (0 there) into -1.0; the bits of a
+    non-negative float order as the float, and those of -1.0 are negative. ``topk`` on the
+    integers is about twice as fast as on the floats (CPU).
+    """
+    key = values + (factor(mask, values.dtype) - 1.0)
+    return key.view(torch.int64 if key.dtype == torch.float64 else torch.int32)
+
+
 def _select_top(key: torch.Tensor, n_high: torch.Tensor, k_max: int) -> torch.Tensor:
     """Rows of ``key`` [R, N]: True on the n_high[r] largest entries, ties by earlier position.
 
     The n-th largest value v comes from one ``topk`` (k_max = the largest n); entries above
     v are in, and of the entries equal to v the first n - #(above v) by position are in.
-    Equality and order are those of the float values, so -0.0 and 0.0 tie, as in the core's
-    stable argsort.
     """
     top = torch.topk(key, k_max, dim=1, largest=True, sorted=True).values
     v = top.gather(1, (n_high - 1).clamp(min=0).unsqueeze(1))
     greater = key > v
     equal = key == v
-    need = n_high - greater.sum(dim=1)
+    need = n_high - torch.count_nonzero(greater, dim=1)
     count_dtype = torch.int32 if key.shape[1] < 2**31 else torch.int64
     tie_rank = equal.to(count_dtype).cumsum(dim=1, dtype=count_dtype)
     return greater | (equal & (tie_rank <= need.unsqueeze(1)))
 
 
 def _top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: Fraction) -> torch.Tensor:
+    """The high bucket (bool [B, T]) of ``entropy`` (>= 0 on response tokens, 0 on padding)."""
     B, T = mask.shape
-    n_high = _high_group_size(mask.sum(dim=1), rho, T)
-    key = torch.where(mask, entropy, torch.full((), -torch.inf, dtype=entropy.dtype, device=entropy.device))
-    high = _select_top(key, n_high, _host_size(T, rho))
-    return torch.where(high, HIGH_GROUP, LOW_GROUP)
+    n_high = _high_group_size(torch.count_nonzero(mask, dim=1), rho, T)
+    return _select_top(_order_key(entropy, mask), n_high, _host_size(T, rho))
 
 
 def _batch_top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: Fraction) -> torch.Tensor:
     n = mask.numel()
-    n_high = _high_group_size(mask.sum().reshape(1), rho, n)
-    key = torch.where(mask, entropy, torch.full((), -torch.inf, dtype=entropy.dtype, device=entropy.device))
-    high = _select_top(key.reshape(1, n), n_high, _host_size(n, rho)).reshape(mask.shape)
-    return torch.where(high, HIGH_GROUP, LOW_GROUP)
+    n_high = _high_group_size(torch.count_nonzero(mask).reshape(1), rho, n)
+    key = _order_key(entropy, mask)
+    return _select_top(key.reshape(1, n), n_high, _host_size(n, rho)).reshape(mask.shape)
 
 
 @lru_cache(maxsize=64)
@@ -158,20 +167,29 @@ def entropy_groups(entropy, mask, config: ESPOConfig, *, validate: bool = True) 
 
 
 def _entropy_groups(ent: torch.Tensor, m: torch.Tensor, config: ESPOConfig) -> torch.Tensor:
+    return _groups_and_members(ent, m, config)[0]
+
+
+def _groups_and_members(ent: torch.Tensor, m: torch.Tensor, config: ESPOConfig):
+    """(groups int64 [B, T] with -1 on padding, the groups' boolean members or None).
+    ``ent`` is the validated entropy (>= 0 on response tokens)."""
     B, T = m.shape
     if m.numel() == 0:
-        return torch.full((B, T), PADDING, dtype=torch.int64, device=m.device)
-    if config.grouping == "top_fraction":
-        groups = _top_fraction(ent, m, decimal_fraction(config.top_fraction))
-    elif config.grouping == "batch_top_fraction":
-        groups = _batch_top_fraction(ent, m, decimal_fraction(config.top_fraction))
-    elif config.grouping == "entropy_ranges":
+        return torch.full((B, T), PADDING, dtype=torch.int64, device=m.device), None
+    if config.grouping in ("top_fraction", "batch_top_fraction"):
+        select = _top_fraction if config.grouping == "top_fraction" else _batch_top_fraction
+        high = select(ent, m, decimal_fraction(config.top_fraction))
+        low = m & ~high
+        # HIGH_GROUP 0, LOW_GROUP 1, PADDING -1: m + low - 1, in bytes (then one widening)
+        groups = (m.view(torch.int8) + low.view(torch.int8) - 1).to(torch.int64)
+        return groups, [high, low]
+    if config.grouping == "entropy_ranges":
         groups = _entropy_ranges(ent, config)
     elif config.grouping == "none":
-        groups = torch.zeros((B, T), dtype=torch.int64, device=m.device)
+        return m.view(torch.int8).to(torch.int64) - 1, [m]
     else:  # "token": every token its own group, numbered by position
         groups = torch.arange(T, dtype=torch.int64, device=m.device).expand(B, T)
-    return torch.where(m, groups, PADDING).to(torch.int64)
+    return torch.where(m, groups, PADDING).to(torch.int64), None
 
 
 def trained_tokens(groups: torch.Tensor, config: ESPOConfig) -> torch.Tensor:

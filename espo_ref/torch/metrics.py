@@ -25,7 +25,7 @@ from ..errors import ESPOInputError
 from ..grouping import HIGH_GROUP
 from ..metrics import ESPO_METRIC_KEYS
 from ..metrics import merge_metrics as core_merge
-from ._segments import Segments
+from ._segments import Segments, factor
 from ._stable import approx_kl, finite_mean, k3
 from .surrogate import _zero
 
@@ -202,7 +202,7 @@ def _common_totals(mask, ratio, trained, log_r, clipped_high, clipped_low, clamp
     """[ESPO-METRICS] [BASE-METRICS] The device counts and sums behind the keys every loss reports.
     ``ratio`` and ``log_r`` are 0 on padding (so k3 is 0 there), ``clamped`` is False there."""
     count = torch.count_nonzero  # exact, and faster than a bool .sum() (which copies to int64)
-    ratio_sum = ratio.sum() if trained is mask else (ratio * trained.to(ratio.dtype)).sum()
+    ratio_sum = ratio.sum() if trained is mask else (ratio * factor(trained, ratio.dtype)).sum()
     return {
         "tokens": count(mask), "responses": count(mask.any(dim=1)), "clip": count(clipped_high | clipped_low),
         "clip_high": count(clipped_high), "clip_low": count(clipped_low), "clamped": count(clamped),
@@ -227,15 +227,20 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
 
 
 def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                  clipped_low, clamped, config: ESPOConfig, k, *, lp, olp) -> DeviceMetrics:
+                  clipped_low, clamped, config: ESPOConfig, k, *, lp, olp, totals=None) -> DeviceMetrics:
     """The metrics from the loss's tensors; ``entropy``, ``ratio``, ``eps_high`` and ``log_r``
-    are 0 on padding. ``lp``/``olp`` give the float64 raw log-ratio of the KL fallback."""
+    are 0 on padding. ``lp``/``olp`` give the float64 raw log-ratio of the KL fallback.
+    ``totals``: the counts and sums already taken on the group table (all but the KL's)."""
     dtype = ratio.dtype
     log_r = log_r.detach()
     token_groups = config.grouping == "token"
+    sources = {"entropy": entropy, "mask": mask, "groups": groups, "trained": trained, "ratio": ratio,
+               "eps": eps_high, "log_r": log_r, "lp": lp.detach(), "olp": olp, "token_groups": token_groups}
+    if totals is not None:
+        return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, {**totals, "kl": k3(log_r).sum()}, sources)
     high = mask if token_groups else mask & (groups == HIGH_GROUP)
     low = mask & ~high
-    high_f, low_f = high.to(dtype), low.to(dtype)  # a float factor is exact and far cheaper than where()
+    high_f, low_f = factor(high, dtype), factor(low, dtype)  # exact, and far cheaper than where()
     clipped = clipped_high | clipped_low
     rows = mask.any(dim=1)
     count = torch.count_nonzero
@@ -246,8 +251,6 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
         "eps_high": (eps_high * high_f).sum(), "eps_low": (eps_high * low_f).sum(),
         "entropy": entropy.sum(), "entropy_high": (entropy * high_f).sum(), "entropy_low": (entropy * low_f).sum(),
     })
-    sources = {"entropy": entropy, "mask": mask, "groups": groups, "trained": trained, "ratio": ratio,
-               "eps": eps_high, "log_r": log_r, "lp": lp.detach(), "olp": olp, "token_groups": token_groups}
     return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, totals, sources)
 
 

@@ -314,12 +314,13 @@ def _batch_top_fraction(logp, old_logp, entropy, mask, advantages, config):
 
 
 def _torch_with_patch(name, replacement):
+    """The torch loss differentiated by autograd (the analytic backward of espo_loss has no
+    stop-gradient to forget) with one of its input steps replaced."""
     def loss(logp, old_logp, entropy, mask, advantages, config):
-        import espo_ref.torch
-        import espo_ref.torch.objective as torch_objective
+        import espo_ref.torch._autograd_objective as torch_objective
 
         with patched(torch_objective, name, replacement):
-            return espo_ref.torch.espo_loss(logp, old_logp, entropy, mask, advantages, config)
+            return torch_objective.espo_loss_autograd(logp, old_logp, entropy, mask, advantages, config)
     return loss
 
 
