@@ -117,8 +117,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real = trainer_module.compute_loss
     calls = {"n": 0}
 
-    def nan_at_step_3(*args):
-        result = real(*args)
+    def nan_at_step_3(*args, **kwargs):
+        result = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] > 2 * 4:  # steps 1-2 have 4 mini-batch updates each
             object.__setattr__(result, "loss", result.loss * float("nan"))
@@ -211,8 +211,8 @@ def test_record_keys_follow_the_losses_metrics(tmp_path, monkeypatch):
 
     real = trainer_module.compute_loss
 
-    def with_a_new_metric(*args):
-        result = real(*args)
+    def with_a_new_metric(*args, **kwargs):
+        result = real(*args, **kwargs)
         result.metrics["a_new_metric"] = 0.25
         return result
 
@@ -222,6 +222,108 @@ def test_record_keys_follow_the_losses_metrics(tmp_path, monkeypatch):
     (record,) = read_metrics(config.out_dir)
     assert record["a_new_metric"] == 0.25
     assert "capped_frac" in record and not UNLOGGED_LOSS_METRICS & set(record)
+
+
+def _one_step_recorded(tmp_path, monkeypatch, change=None, **loss_changes):
+    """(the step's record, each update's loss inputs as float64 numpy, each call's ``validate``, the
+    loss config) of step 1 of a fresh run whose loss config has ``loss_changes``; ``change(n, inputs)``
+    may alter update n's inputs before the loss."""
+    real = trainer_module.compute_loss
+    seen = []
+
+    def recording(algo, logp, old_logp, entropy, mask, advantages, config, **kwargs):
+        inputs = [logp, old_logp, entropy, mask, advantages]
+        if change is not None:
+            inputs = change(len(seen), inputs)
+        seen.append(([t.detach().double().numpy() if t.is_floating_point() else t.numpy() for t in inputs],
+                     kwargs.get("validate", True)))
+        return real(algo, *inputs, config, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "compute_loss", recording)
+    config = tiny(tmp_path, sft_steps=0)
+    with trainer_module.torch_settings(config, torch.device("cpu")):
+        run = trainer_module.start_run(config, torch.device("cpu"), init_weights=True)
+        run.loss_config = run.loss_config.replace(**loss_changes)
+        record = trainer_module.train_step(run, 1)
+    return record, [inputs for inputs, _ in seen], [validate for _, validate in seen], run.loss_config
+
+
+def test_ESPO_METRICS_a_steps_loss_metrics_are_token_weighted_over_its_updates(tmp_path, monkeypatch):
+    """[ESPO-METRICS] metrics.jsonl's loss metrics of a step of 4 updates (2 epochs x 2 mini-batches)
+    are those of all the updates' tokens: espo_ref.merge_metrics of the numpy core's metrics of each
+    update, where the first update's high-entropy bucket is empty (its entropies set to 0) and is
+    left out of that bucket's values instead of entering them as 0."""
+    import espo_ref
+
+    def no_high_bucket_first(n, inputs):
+        if n == 0:
+            inputs[2] = torch.zeros_like(inputs[2])
+        return inputs
+
+    record, updates, _, config = _one_step_recorded(tmp_path, monkeypatch, no_high_bucket_first,
+                                                    grouping="entropy_ranges", entropy_edges=(0.5,))
+    parts = [espo_ref.espo_loss(*inputs, config).metrics for inputs in updates]
+    assert len(parts) == 4 and parts[0]["high_group_tokens"] == 0 and parts[0]["eps_mean_high_group"] == 0.0
+    assert all(p["high_group_tokens"] > 0 for p in parts[1:])
+    want = espo_ref.merge_metrics(parts)
+    logged = [key for key in want if key in record]
+    assert {"clipfrac", "clipfrac_high_group", "eps_mean_high_group", "eps_mean_low_group", "approx_kl",
+            "ratio_mean"} <= set(logged)
+    for key in logged:
+        assert record[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    plain = sum(p["eps_mean_high_group"] for p in parts) / len(parts)  # what a mean of the updates gave
+    assert record["eps_mean_high_group"] != pytest.approx(plain, rel=1e-3)
+
+
+def test_ESPO_INPUT_the_batch_is_validated_once_where_it_is_built(tmp_path, monkeypatch):
+    """[ESPO-INPUT] The updates call the loss with validate=False; the batch was checked once, when
+    old_logp, entropy and advantages were computed: a NaN entropy on a response token is refused
+    there, before any update, with the message the validating loss gives on that batch."""
+    _, updates, validates, _ = _one_step_recorded(tmp_path, monkeypatch)
+    assert len(updates) == 4 and validates == [False] * 4
+
+    import espo_ref
+    import espo_ref.torch as et
+
+    real_old_policy = trainer_module.old_policy
+    built = {}
+
+    def nan_entropy(run, rollout, step):
+        old_logp, entropy = real_old_policy(run, rollout, step)
+        row, pos = (int(i) for i in rollout.response_mask.nonzero()[3])
+        entropy = entropy.clone()
+        entropy[row, pos] = float("nan")
+        built.update(old_logp=old_logp, entropy=entropy, mask=rollout.response_mask, config=run.loss_config)
+        return old_logp, entropy
+
+    monkeypatch.setattr(trainer_module, "old_policy", nan_entropy)
+    config = tiny(tmp_path, name="bad", sft_steps=0, steps=1)
+    with pytest.raises(espo_ref.ESPOInputError) as info:
+        train(config, progress=False)
+    assert "entropy has a non-finite value" in str(info.value) and "at response position" in str(info.value)
+    with pytest.raises(espo_ref.ESPOInputError) as direct:
+        et.espo_loss(built["old_logp"], built["old_logp"], built["entropy"], built["mask"],
+                     torch.zeros(built["mask"].shape[0]), built["config"])
+    assert str(info.value) == str(direct.value)
+    assert read_metrics(config.out_dir) == []
+
+
+def test_a_nonfinite_logp_in_an_update_stops_the_run(tmp_path, monkeypatch):
+    """The current policy's log-probabilities are not validated in the update's loss: a NaN one on
+    a response token (here put there by hand; a diverged model is caught at its logits) makes the
+    loss NaN, and the run stops naming the step and mini-batch, as for any non-finite loss."""
+    real = trainer_module.response_logprobs
+
+    def nan_logp(model, batch, *args, **kwargs):
+        logp, entropy = real(model, batch, *args, **kwargs)
+        row, pos = (int(i) for i in batch.response_mask.nonzero()[0])
+        return logp.index_put((torch.tensor([row]), torch.tensor([pos])), torch.tensor(float("nan"))), entropy
+
+    monkeypatch.setattr(trainer_module, "response_logprobs", nan_logp)
+    config = tiny(tmp_path, sft_steps=0, steps=1, checkpoint_every=0)
+    with pytest.raises(trainer_module.NonFiniteLossError, match=r"non-finite loss nan at step 1 \(epoch 1/2, "
+                                                                r"mini-batch 1/2\)"):
+        train(config, progress=False)
 
 
 def test_boolean_arguments_are_keyword_only():

@@ -195,8 +195,8 @@ def test_a_nonfinite_metric_is_reported_not_averaged_away(tmp_path, monkeypatch)
     real = trainer_module.compute_loss
     calls = {"n": 0}
 
-    def inf_kl_once(*args):
-        result = real(*args)
+    def inf_kl_once(*args, **kwargs):
+        result = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
             result.metrics["approx_kl"] = float("inf")

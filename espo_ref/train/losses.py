@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
+from .._validate_once import check_built_batch
 from ..baselines import CISPOConfig, DAPOConfig, GMPOConfig, GRPOConfig, GSPOConfig
 from ..config import ESPOConfig
 from ..torch import cispo_loss, dapo_loss, espo_loss, gmpo_loss, grpo_loss, gspo_loss
@@ -78,11 +79,23 @@ def loss_config(config: TrainConfig, vocab_size: int):
     return LOSSES[config.algo].config(config, vocab_size)
 
 
-def compute_loss(algo: str, logp, old_logp, entropy, mask, advantages, config):
+def _batch_inputs(loss: Loss, entropy, mask, advantages, config) -> tuple:
+    """The loss's arguments after ``old_logp``: the entropy for ESPO only."""
+    return (entropy, mask, advantages, config) if loss.takes_entropy else (mask, advantages, config)
+
+
+def compute_loss(algo: str, logp, old_logp, entropy, mask, advantages, config, *, validate: bool = True):
     """[ESPO-OBJ] The objective's LossResult on a mini-batch: ``espo_loss(logp, old_logp,
     entropy, mask, advantages, config)`` (old-policy entropy in), or a baseline's
-    ``<algo>_loss(logp, old_logp, mask, advantages, config)``."""
+    ``<algo>_loss(logp, old_logp, mask, advantages, config)``. ``validate=False``: the loss
+    makes no checks (and no host sync); the trainer checks the batch once (``check_batch``)."""
     loss = LOSSES[algo]
-    if loss.takes_entropy:
-        return loss.fn(logp, old_logp, entropy, mask, advantages, config)
-    return loss.fn(logp, old_logp, mask, advantages, config)
+    return loss.fn(logp, old_logp, *_batch_inputs(loss, entropy, mask, advantages, config), validate=validate)
+
+
+def check_batch(algo: str, old_logp, entropy, mask, advantages, config) -> None:
+    """[ESPO-INPUT] The checks ``compute_loss(..., validate=True)`` makes, once, on a step's whole
+    batch where it is built (old_logp, entropy, mask, advantages): an ESPOInputError naming the
+    argument and its position in the batch (``espo_ref._validate_once.check_built_batch``)."""
+    loss = LOSSES[algo]
+    check_built_batch(loss.fn, old_logp, *_batch_inputs(loss, entropy, mask, advantages, config))

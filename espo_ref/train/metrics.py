@@ -12,7 +12,8 @@ from .._io import write_atomic
 METRICS_FILE = "metrics.jsonl"
 
 # Keys of a loss's metrics (LossResult.metrics) that a step's record leaves out; every other
-# key is logged as its mean over the step's mini-batch updates. Counts are batch sizes, not
+# key is logged as its value over all the tokens of the step's mini-batch updates (token-weighted,
+# espo_ref.torch.merge_metrics [ESPO-METRICS]). Counts are batch sizes, not
 # diagnostics; the step's entropy is logged over the whole rollout ("entropy").
 UNLOGGED_LOSS_METRICS = frozenset({
     "tokens", "responses", "high_group_tokens", "low_group_tokens", "trained_tokens", "groups_mean",

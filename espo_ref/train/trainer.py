@@ -8,7 +8,10 @@
 2. ``score``: verifier rewards; valid = the verifier scored a complete response [ESPO-ADV];
 3. ``old_policy``: the old policy's log-probs and entropies at the sampling temperature,
    no gradient [ESPO-ENT-DOMAIN];
-4. advantages by ``espo_ref.torch.grpo_advantages`` [ESPO-ADV];
+4. advantages by ``espo_ref.torch.grpo_advantages`` [ESPO-ADV]; the batch is validated here,
+   once (``losses.check_batch``: the loss's own checks of old_logp, entropy, mask and
+   advantages, on the whole batch), and every update calls the loss with ``validate=False``
+   (no host sync in the loss);
 5. ``update_policy``: ``ppo_epochs`` x ``minibatches`` updates with the chosen objective
    (``losses.LOSSES``: ``espo_ref.torch.espo_loss`` [ESPO-OBJ] or a baseline's loss), so
    that ratios leave 1 and the clip ranges act; gradient clipping; AdamW;
@@ -27,9 +30,14 @@ CPU the loop runs with deterministic algorithms and a fixed thread count.
 A non-finite loss, gradient norm or model activation (hidden state, logits: a diverged
 model) raises NonFiniteLossError (naming the step, the phase or mini-batch and the value)
 before the optimizer steps; no checkpoint is written after it, so the last good
-checkpoint stays the latest. A non-finite loss *metric* (approx_kl, ratio_mean, ...) does
-not stop the run: it is reported, in the step's record (the step mean over the
-mini-batches is then non-finite, and ``nonfinite_metrics`` names it) and by a warning.
+checkpoint stays the latest. The current policy's log-probabilities are not checked by the
+loss (``validate=False``): a non-finite one at a response token makes the update's loss NaN
+(``nan_unless_finite``), which stops the run the same way. The loss metrics of a step are
+those of all its updates' tokens (``espo_ref.torch.merge_metrics``: fractions and means
+token-weighted, an empty entropy bucket left out) [ESPO-METRICS]. A non-finite loss
+*metric* (approx_kl, ratio_mean, ...) does not stop the run: it is reported, in the step's
+record (the step's value is then non-finite, and ``nonfinite_metrics`` names it) and by a
+warning.
 
 The run folder: a fresh run refuses a folder that holds any file of a run (RUN_MARKERS)
 unless ``overwrite`` (which removes only the files a run writes); ``resume`` refuses a
@@ -55,12 +63,13 @@ from tqdm.auto import tqdm
 
 from .._device import torch_device
 from .._io import write_atomic
+from .._validate_once import nan_unless_finite
 from ..errors import ESPOInputError
-from ..torch import grpo_advantages
+from ..torch import grpo_advantages, merge_metrics
 from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .errors import NonFiniteActivationError, NonFiniteLossError, TrainInputError
-from .losses import compute_loss, loss_config
+from .losses import check_batch, compute_loss, loss_config
 from .metrics import METRICS_FILE, PANELS, UNLOGGED_LOSS_METRICS, MetricsLog, mean_of, plot_runs, read_metrics
 from .model import load_policy, model_positions, vocab_size
 from .rollout import (Rollout, Scores, build_rollout, generate, left_pad, old_policy_pass, response_logprobs,
@@ -450,11 +459,12 @@ def minibatch_order_generator(seed: int, step: int) -> torch.Generator:
 @dataclass
 class Update:
     """What a step's mini-batch updates give: per update, the loss, the gradient norm, and
-    each loss metric with where it was measured (epoch and mini-batch)."""
+    the loss's metrics (unread: device totals) with where they were measured (epoch and
+    mini-batch)."""
 
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
-    metrics: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    metrics: list[tuple[Any, str]] = field(default_factory=list)
     # the first and the last update's (rows, current log-probs, loss result, loss, where): what
     # step_samples saves (the last one after the policy moved; the same as the first with one update)
     first: tuple | None = None
@@ -477,7 +487,8 @@ def optimizer_step(run: Run, loss: torch.Tensor, params: list, step: int, where:
 
 def update_policy(run: Run, rollout: Rollout, old_logp, entropy, advantages, step: int) -> Update:
     """[ESPO-OBJ] ``ppo_epochs`` passes over the rollout in ``minibatches`` mini-batches (a
-    fresh order per pass), one optimizer step each with the run's loss."""
+    fresh order per pass), one optimizer step each with the run's loss, unvalidated (the
+    batch was checked where it was built; a non-finite logp makes the loss NaN)."""
     config, model = run.config, run.model
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(config, step)
@@ -493,16 +504,16 @@ def update_policy(run: Run, rollout: Rollout, old_logp, entropy, advantages, ste
             where = f"epoch {epoch + 1}/{config.ppo_epochs}, mini-batch {mb + 1}/{config.minibatches}"
             with _activations_checked(step, where, run):
                 logp, _ = response_logprobs(model, rollout.rows(rows), config.temperature, run.device)
-            result = compute_loss(config.algo, logp, old_logp[rows], entropy[rows], rollout.response_mask[rows],
-                                  advantages[rows], run.loss_config)
-            loss, grad_norm = optimizer_step(run, result.loss, params, step, where)
+            mask = rollout.response_mask[rows]
+            result = compute_loss(config.algo, logp, old_logp[rows], entropy[rows], mask, advantages[rows],
+                                  run.loss_config, validate=False)
+            loss, grad_norm = optimizer_step(run, nan_unless_finite(result.loss, logp, mask), params, step, where)
             update.last = (rows, logp.detach(), result, loss, where)
             if update.first is None:
                 update.first = update.last
             update.losses.append(loss)
             update.grad_norms.append(grad_norm)
-            for key, value in result.metrics.items():
-                update.metrics.setdefault(key, []).append((float(value), where))
+            update.metrics.append((result.metrics, where))
     return update
 
 
@@ -526,21 +537,24 @@ def rollout_metrics(rollout: Rollout, scores: Scores, entropy, advantages) -> di
     }
 
 
-def loss_metric_means(metrics: dict[str, list[tuple[float, str]]], step: int, log) -> dict:
-    """Each loss metric's mean over the step's updates (but UNLOGGED_LOSS_METRICS). A
-    non-finite value is kept, not skipped: the mean is non-finite, ``nonfinite_metrics``
-    names it and a warning says where it was first seen."""
+def step_loss_metrics(metrics: list[tuple[Any, str]], step: int, log) -> dict:
+    """[ESPO-METRICS] The loss metrics of the step's updates merged (``espo_ref.torch.merge_metrics``:
+    the values over all the updates' tokens, each fraction and mean weighted by its count, an
+    update with an empty bucket left out of that bucket's value; read in one transfer), but
+    UNLOGGED_LOSS_METRICS. A non-finite value is kept, not skipped: the step's value is
+    non-finite, ``nonfinite_metrics`` names it and a warning says where it was first seen."""
+    merged = merge_metrics([part for part, _ in metrics])
     record: dict[str, Any] = {}
-    for key, seen in metrics.items():
+    for key, value in merged.items():
         if key in UNLOGGED_LOSS_METRICS:
             continue
-        values = [value for value, _ in seen]
-        record[key] = _mean(values)
-        bad = [(value, where) for value, where in seen if not math.isfinite(value)]
-        if bad:
+        record[key] = value
+        if not math.isfinite(value):
+            bad = [(part[key], where) for part, where in metrics if not math.isfinite(part[key])]
+            first = f"{bad[0][0]} in {len(bad)} of {len(metrics)} mini-batch updates (first: {bad[0][1]})" if bad \
+                else f"not finite over the {len(metrics)} mini-batch updates"
             record.setdefault("nonfinite_metrics", []).append(key)
-            log(f"warning: step {step}: metric {key} is {bad[0][0]} in {len(bad)} of {len(values)} "
-                f"mini-batch updates (first: {bad[0][1]}); the step's {key} is {record[key]}")
+            log(f"warning: step {step}: metric {key} is {first}; the step's {key} is {value}")
     return record
 
 
@@ -581,6 +595,8 @@ def train_step(run: Run, step: int, *, samples: SampleLog | None = None) -> dict
     t2 = _clock(run.device)
     # [ESPO-ADV] Eq. 11 over the responses of each prompt; unscored responses get 0.
     advantages = grpo_advantages(scores.rewards, rollout.prompt_index, valid=scores.valid)
+    # [ESPO-INPUT] the batch is complete: validated once here, not in each update's loss
+    check_batch(run.config.algo, old_logp, entropy, rollout.response_mask, advantages, run.loss_config)
     update = update_policy(run, rollout, old_logp, entropy, advantages, step)
     t3 = _clock(run.device)
     if samples is not None and wants_samples(run.config, step):
@@ -597,7 +613,7 @@ def train_step(run: Run, step: int, *, samples: SampleLog | None = None) -> dict
         "step_time": t3 - t0,
         "tokens_per_s": int(rollout.response_mask.sum()) / (t3 - t0),
         "sample": f"{examples[0].prompt!r} -> {rollout.texts[0]!r}",
-        **loss_metric_means(update.metrics, step, run.log),
+        **step_loss_metrics(update.metrics, step, run.log),
     }
 
 
