@@ -179,6 +179,7 @@ def trainer_loss(trainer, batch, monkeypatch, accumulation=1):
         trainer.model.zero_grad()
         loss = trainer._compute_loss(trainer.model, batch)
         loss.backward()
+        trainer._log_espo_step("train")  # what the optimizer step's last micro-batch does
     (logps, ent), = seen
     return loss.detach(), logps.grad.detach(), logps.detach(), ent.detach()
 
@@ -360,6 +361,113 @@ def test_example_script_runs_tiny(capsys):
     history = example.main(["--tiny", "--mini-batches", "2"])
     steps = [h for h in history if "loss" in h]
     assert len(steps) == 2 and all(key in h for h in steps for key in ESPO_KEYS)
+
+
+# --- (4) metrics of an optimizer step, validation once per batch ----------------------------------------
+
+
+def _record_micro_batches(monkeypatch, holder, change=None):
+    """Record each micro-batch's espo_loss call (validate=False: not the build-time check) as
+    (global_step, float64 numpy inputs, config); ``change(n, entropy)`` may alter call n's entropies."""
+    import espo_ref.integrations.trl as integration
+
+    real, calls = integration.espo_loss, []
+
+    def recording(logp, old, ent, mask, adv, config, **kwargs):
+        if kwargs.get("validate") is False:
+            if change is not None:
+                ent = change(len(calls), ent)
+            inputs = [t.detach().double().numpy() for t in (logp, old, ent)] + [mask.numpy(), adv.double().numpy()]
+            calls.append((holder[0].state.global_step, inputs, config))
+        return real(logp, old, ent, mask, adv, config, **kwargs)
+
+    monkeypatch.setattr(integration, "espo_loss", recording)
+    return calls
+
+
+@needs_trl
+def test_ESPO_METRICS_trl_logs_each_optimizer_steps_metrics_over_all_its_tokens(tmp_path, monkeypatch):
+    """[ESPO-METRICS] With 2 gradient-accumulation micro-batches per optimizer step, each step's logged
+    espo/* values are those of all its tokens: espo_ref.merge_metrics of the float64 core's metrics of its
+    micro-batches (counts summed, not averaged; fractions token-weighted), where the first micro-batch of
+    each step has an empty high-entropy bucket (entropies set to 0, grouping entropy_ranges) and is left
+    out of that bucket's values instead of entering them as 0."""
+    holder = []
+    calls = _record_micro_batches(monkeypatch, holder, lambda n, ent: ent * 0 if n % 2 == 0 else ent)
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                           espo_grouping="entropy_ranges", espo_entropy_edges=[0.5], learning_rate=1e-2)
+    holder.append(trainer)
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 2 and [c[0] for c in calls] == [0, 0, 1, 1]
+    for s, logged in enumerate(steps):
+        parts = [espo_ref.espo_loss(*inputs, config).metrics for step, inputs, config in calls if step == s]
+        assert parts[0]["high_group_tokens"] == 0 and parts[1]["high_group_tokens"] > 0
+        want = espo_ref.merge_metrics(parts)
+        for key, value in want.items():
+            assert logged[f"espo/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), (s, key)
+        assert logged["espo/tokens"] == sum(p["tokens"] for p in parts)  # a total: 2x a micro-batch mean
+        assert logged["espo/eps_mean_high_group"] == pytest.approx(parts[1]["eps_mean_high_group"], rel=1e-5)
+        assert logged["espo/eps_mean_high_group"] != pytest.approx(
+            (parts[0]["eps_mean_high_group"] + parts[1]["eps_mean_high_group"]) / 2, rel=1e-3)
+
+
+@needs_trl
+def test_ESPO_INPUT_trl_validates_each_batch_once_where_it_is_built(tmp_path, monkeypatch):
+    """[ESPO-INPUT] The micro-batches call espo_loss with validate=False; the batch is checked once when
+    _generate_and_score_completions builds it: a NaN old entropy on a completion token is refused there,
+    with espo_loss's message naming the argument and the batch position."""
+    import torch
+    from trl import GRPOTrainer
+
+    import espo_ref.integrations.trl as integration
+
+    real, seen = integration.espo_loss, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("validate"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(integration, "espo_loss", recording)
+    make_trainer(tmp_path / "good").train()  # one generation batch for 2 optimizer steps
+    assert seen == [True, False, False], seen
+
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def nan_entropies(self, *args, **kwargs):
+        logps, entropies, aux = original(self, *args, **kwargs)
+        return logps, None if entropies is None else torch.full_like(entropies, float("nan")), aux
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", nan_entropies)
+    trainer = make_trainer(tmp_path / "bad")
+    with pytest.raises(espo_ref.ESPOInputError,
+                       match=r"^entropy has a non-finite value np.float64\(nan\) at response position \[0, 0\]$"):
+        generation_batch(trainer, 0)
+
+
+@needs_trl
+def test_a_nonfinite_logp_refuses_the_optimizer_step(tmp_path):
+    """The current policy's log-probabilities are not checked per micro-batch: a NaN one on a completion
+    token makes the loss NaN, and the optimizer step is refused at its last micro-batch, before the
+    optimizer steps (the weights are unchanged)."""
+    import torch
+
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    original = trainer._get_per_token_logps_and_entropies
+
+    def nan_logps(*args, **kwargs):
+        logps, entropies, aux = original(*args, **kwargs)
+        if torch.is_grad_enabled():  # the loss's forward, not the old-policy pass
+            nan = torch.zeros_like(logps, dtype=torch.bool)
+            nan[0, 0] = True
+            logps = torch.where(nan, float("nan"), logps)
+        return logps, entropies, aux
+
+    trainer._get_per_token_logps_and_entropies = nan_logps
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(espo_ref.ESPOInputError, match="micro-batch.* of optimizer step 1 is not finite"):
+        trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
 
 # --- configuration ----------------------------------------------------------------------------------------

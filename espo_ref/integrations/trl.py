@@ -25,8 +25,17 @@ The loss of a micro-batch is ``espo_loss(...).loss`` [ESPO-OBJ] divided by the n
 gradient-accumulation steps, as TRL's ``loss_type="grpo"`` does: [ESPO-AGG]'s mean over
 responses is taken per micro-batch, and the optimiser step averages micro-batches (and
 processes). ``grouping="batch_top_fraction"`` likewise ranks the tokens of a micro-batch.
-ESPO's diagnostics [ESPO-METRICS] go to TRL's logs as ``espo/<key>``: fractions and means
-reduced over processes as sums and counts (as TRL reduces its clip ratios), counts summed.
+ESPO's diagnostics [ESPO-METRICS] go to TRL's logs as ``espo/<key>``, once per optimizer step:
+the values over all the step's tokens, on all its micro-batches and processes
+(``espo_ref.merge_metrics``: counts summed, fractions and means token-weighted, a micro-batch
+with an empty entropy bucket left out of that bucket's values); TRL's ``entropy`` likewise.
+
+Validation once, where the batch is built: ``_generate_and_score_completions`` checks the
+batch's old log-probabilities, old entropies, completion mask and advantages with
+``espo_loss``'s own checks and messages (``espo_validate``); each micro-batch then calls
+``espo_loss(..., validate=False)``, without a host sync. The current policy's log-probabilities
+are not checked per micro-batch: a non-finite one makes that micro-batch's loss NaN, and the
+optimizer step is refused (ESPOInputError) at its last micro-batch, before the optimizer steps.
 
 GRPO options that would change the objective are refused (``beta``, ``delta``,
 ``top_entropy_quantile``, ``off_policy_mask_threshold``, the entropy bonus, vLLM's
@@ -37,7 +46,6 @@ importance-sampling correction); ``loss_type``, ``epsilon``, ``epsilon_high`` an
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 SUPPORTED_TRL_VERSION = "1.16.0"
@@ -67,38 +75,18 @@ check_trl_version(trl.__version__)
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from .._validate_once import check_built_batch, nan_unless_finite  # noqa: E402
 from ..config import ESPOConfig  # noqa: E402
+from ..errors import ESPOInputError  # noqa: E402
+from ..metrics import ESPO_METRIC_KEYS, merge_metrics  # noqa: E402
 from ..torch import espo_loss  # noqa: E402
+from ..torch import merge_metrics as merge_device_metrics  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ESPOGRPOConfig", "ESPOTrainer", "SUPPORTED_TRL_VERSION", "check_trl_version", "METRIC_COUNTS"]
+__all__ = ["ESPOGRPOConfig", "ESPOTrainer", "SUPPORTED_TRL_VERSION", "check_trl_version"]
 
 OLD_ENTROPIES = "old_per_token_entropies"
-
-# [ESPO-METRICS] key -> the count it is a fraction or mean over (None: the key is a count itself).
-# Over processes, a fraction is reduced as sum(value * count) / sum(count); a count is summed.
-METRIC_COUNTS: dict[str, str | None] = {
-    "tokens": None,
-    "responses": None,
-    "high_group_tokens": None,
-    "low_group_tokens": None,
-    "trained_tokens": None,
-    "clipfrac": "tokens",
-    "clipfrac_high": "tokens",
-    "clipfrac_low": "tokens",
-    "clamped_frac": "tokens",
-    "entropy_mean": "tokens",
-    "approx_kl": "tokens",
-    "clipfrac_high_group": "high_group_tokens",
-    "eps_mean_high_group": "high_group_tokens",
-    "entropy_mean_high_group": "high_group_tokens",
-    "clipfrac_low_group": "low_group_tokens",
-    "eps_mean_low_group": "low_group_tokens",
-    "entropy_mean_low_group": "low_group_tokens",
-    "ratio_mean": "trained_tokens",
-    "groups_mean": "responses",
-}
 
 # GRPOConfig fields that would change the objective: (field, is the value supported, why not).
 _REFUSED = (
@@ -158,7 +146,9 @@ class ESPOGRPOConfig(GRPOConfig):
     )
     espo_validate: bool = field(
         default=True,
-        metadata={"help": "ESPO: check the loss inputs (a few host syncs per micro-batch); False skips the checks."},
+        metadata={"help": "ESPO: check each batch once where it is built (old log-probs, entropies, mask, "
+                          "advantages) and refuse an optimizer step whose loss is not finite; False skips both. "
+                          "Micro-batches never validate (no host sync in the loss)."},
     )
 
     def __post_init__(self):
@@ -194,6 +184,22 @@ def _check_supported(args: GRPOConfig) -> None:
                            "(the espo_* options)", name, getattr(args, name))
 
 
+def _completion_mask(batch) -> torch.Tensor:
+    """The positions ESPO trains: the completion tokens, less tool output (TRL's ``tool_mask``)."""
+    mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
+    return mask.bool()
+
+
+@dataclass
+class _StepParts:
+    """What the micro-batches of one optimizer step (or of one evaluation) leave for its log."""
+
+    metrics: list = field(default_factory=list)  # each micro-batch's espo_loss metrics (device totals, unread)
+    entropy: list = field(default_factory=list)  # each micro-batch's [sum, count] of the current entropies
+    losses: list = field(default_factory=list)  # each micro-batch's loss, detached
+    pending: bool = False  # a micro-batch ran since the last log (alike on every process)
+
+
 def logits_width(model) -> int:
     """The number of logits the model produces per position (V of Eq. 6): the rows of its
     output embedding; the config's vocab_size when the weight is partitioned (ZeRO-3)."""
@@ -210,7 +216,9 @@ class ESPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with the ESPO loss (``espo_ref.torch.espo_loss``) and the old policy's entropies.
 
     Same arguments as ``GRPOTrainer``; ``args`` must be an ``ESPOGRPOConfig``. ``espo_config``
-    (an ``espo_ref.ESPOConfig``) is built from it and the model's logits width.
+    (an ``espo_ref.ESPOConfig``) is built from it and the model's logits width. Batches are
+    validated once where they are built, micro-batches call ``espo_loss(..., validate=False)``,
+    and ``espo/<key>`` is logged once per optimizer step over all its tokens (module docstring).
     """
 
     _tag_names = ["trl", "espo"]
@@ -223,6 +231,7 @@ class ESPOTrainer(GRPOTrainer):
             raise TypeError(f"ESPOTrainer needs args to be an ESPOGRPOConfig, got {type(args).__name__}")
         _check_supported(args)
         self._espo_capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._espo_step = {"train": _StepParts(), "eval": _StepParts()}
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self.espo_config = args.espo_config(vocab_size=logits_width(self.model))
 
@@ -258,7 +267,25 @@ class ESPOTrainer(GRPOTrainer):
                     f"old-policy entropies (trl {trl.__version__}; supported: {SUPPORTED_TRL_VERSION})"
                 )
             output[OLD_ENTROPIES] = match[0]
+        if self.args.espo_validate:
+            self._check_espo_batch(output)
         return output
+
+    def _check_espo_batch(self, batch) -> None:
+        """[ESPO-INPUT] The batch's ESPO inputs, checked once where it is built (every micro-batch calls
+        espo_loss with validate=False): the old log-probs, old entropies, mask and advantages, with
+        espo_loss's checks and messages (positions are the batch's). On-policy TRL makes no old-policy
+        pass (each micro-batch's own forward gives them): the mask and advantages are checked."""
+        mask = _completion_mask(batch)
+        if not bool(mask.any()):
+            return  # no completion token at all: every micro-batch contributes 0 (see _compute_loss)
+        old = batch.get("old_per_token_logps")
+        if old is None:
+            old = torch.zeros(mask.shape, device=mask.device)
+            entropy = torch.zeros_like(old)
+        else:
+            entropy = batch[OLD_ENTROPIES]
+        check_built_batch(espo_loss, old, entropy, mask, batch["advantages"], self.espo_config)
 
     # --- the loss ---------------------------------------------------------------------------------
 
@@ -268,8 +295,7 @@ class ESPOTrainer(GRPOTrainer):
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         logits_to_keep = completion_ids.size(1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        mask = mask.bool()
+        mask = _completion_mask(inputs)
 
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
@@ -304,11 +330,16 @@ class ESPOTrainer(GRPOTrainer):
 
         mode = "train" if self.model.training else "eval"
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        step = self._espo_step[mode]
+        step.pending = True
+        # (a host sync: espo_loss without validation gives NaN on a micro-batch without a response token)
         if bool(mask.any()):
+            # [ESPO-INPUT] the batch was checked where it was built; logp is not checked here
             result = espo_loss(per_token_logps, old_per_token_logps, old_entropies, mask, inputs["advantages"],
-                               self.espo_config, validate=self.args.espo_validate)
-            loss = result.loss / normalizer
-            self._log_espo_metrics(result.metrics, mode)
+                               self.espo_config, validate=False)
+            loss = nan_unless_finite(result.loss, per_token_logps, mask) / normalizer
+            step.metrics.append(result.metrics)
+            step.losses.append(loss.detach())
         else:
             # A micro-batch without a completion token (all truncated and masked, say) has no ESPO
             # objective [ESPO-AGG]; it contributes 0, still attached to the graph for backward.
@@ -318,23 +349,64 @@ class ESPOTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        # TRL's own entropy metric: the current policy's, token mean over all processes
+        # TRL's own entropy metric (the current policy's): its token sum and count, logged with the step
         ent = entropies.detach()
-        totals = self.accelerator.reduce(torch.stack([(ent * mask).sum(), mask.sum().to(ent.dtype)]), reduction="sum")
-        self._metrics[mode]["entropy"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        step.entropy.append(torch.stack([(ent * mask).sum(), mask.sum().to(ent.dtype)]))
         return loss
 
-    def _log_espo_metrics(self, metrics: dict[str, float], mode: str) -> None:
-        """[ESPO-METRICS] into TRL's logs as ``espo/<key>``, reduced over processes in one call."""
-        keys = [k for k in METRIC_COUNTS if k in metrics]
-        pairs = []
+    # --- the metrics: once per optimizer step ------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the optimizer step's last micro-batch, before the optimizer steps
+            self._log_espo_step("train")
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if self._espo_step[mode].pending:  # an evaluation's micro-batches: logged as one
+            self._log_espo_step(mode)
+        super().log(logs, start_time)
+
+    def _log_espo_step(self, mode: str) -> None:
+        """[ESPO-METRICS] The micro-batches since the last call (an optimizer step's, or an evaluation's)
+        into TRL's logs once, as ``espo/<key>``: the values over all their tokens on all processes
+        (``espo_ref.merge_metrics``: counts summed, fractions and means token-weighted, a micro-batch with
+        an empty bucket left out of that bucket's values), and TRL's ``entropy`` as their token mean.
+
+        TRL logs the mean of each key's entries since its last log: one entry per optimizer step is
+        that step's value (``logging_steps`` > 1: the mean over the logged steps, as for TRL's own
+        per-step metrics), where an entry per micro-batch gave counts divided by the number of
+        micro-batches and fractions weighted by micro-batch instead of by token. One transfer and
+        one gather per step. In training, with ``espo_validate``, a micro-batch whose loss was not
+        finite (logp, not checked per micro-batch, was not finite, or the loss overflowed) refuses
+        the step with an ESPOInputError."""
+        step, self._espo_step[mode] = self._espo_step[mode], _StepParts()
+        device = self.accelerator.device
+        keys = ESPO_METRIC_KEYS
+        if step.metrics:
+            merged = merge_device_metrics(step.metrics)
+            values = [merged[key] for key in keys]  # the one device -> host transfer
+        else:  # no completion token on this process: every count 0, left out of every mean
+            values = [0.0] * len(keys)
+        local = torch.cat([
+            torch.tensor(values, dtype=torch.float64, device=device),
+            torch.stack(step.entropy).sum(dim=0).to(device=device, dtype=torch.float64) if step.entropy
+            else torch.zeros(2, dtype=torch.float64, device=device),
+            torch.stack([~torch.isfinite(loss) for loss in step.losses]).sum().to(device, torch.float64).reshape(1)
+            if step.losses else torch.zeros(1, dtype=torch.float64, device=device),
+        ])
+        rows = self.accelerator.gather(local).reshape(-1, local.numel()).tolist()
+        nonfinite = sum(row[-1] for row in rows)
+        if mode == "train" and self.args.espo_validate and nonfinite:
+            raise ESPOInputError(
+                f"ESPOTrainer: the ESPO loss of {int(nonfinite)} micro-batch(es) of optimizer step "
+                f"{self.state.global_step + 1} is not finite, so the step is refused: the current policy's "
+                "log-probabilities (logp, not checked per micro-batch) are not finite at a completion token, or the "
+                "loss overflowed (the batch's old log-probs, entropies, mask and advantages were checked when it "
+                "was built)")
+        metrics = merge_metrics([dict(zip(keys, row)) for row in rows])
         for key in keys:
-            count_key = METRIC_COUNTS[key]
-            value = metrics[key]
-            count = 1.0 if count_key is None else metrics[count_key]
-            pairs.append((0.0 if count == 0 or math.isnan(value) else value * count, count))
-        local = torch.tensor(pairs, dtype=torch.float32, device=self.accelerator.device)
-        totals = self.accelerator.reduce(local, reduction="sum").tolist()
-        for key, (total, count) in zip(keys, totals):
-            value = total if METRIC_COUNTS[key] is None else (total / count if count else 0.0)
-            self._metrics[mode][f"espo/{key}"].append(value)
+            self._metrics[mode][f"espo/{key}"].append(metrics[key])
+        entropy_sum, count = sum(row[len(keys)] for row in rows), sum(row[len(keys) + 1] for row in rows)
+        self._metrics[mode]["entropy"].append(entropy_sum / max(count, 1.0))
