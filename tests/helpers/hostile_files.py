@@ -273,7 +273,7 @@ def reason_kind(message: str, path: Path) -> str:
     text = message.replace(str(path), "FILE").replace(str(path.parent), "DIR")
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", text)
     text = re.sub(r"\[[^\]]*\]|\([^)]*\)", "(...)", text)
-    text = re.sub(r"-?\d[\d,.e+-]*", "N", text)
+    text = re.sub(r"(?<![\w-])-?\d[\d,.]*(?:e[+-]?\d+)?", "N", text)
     return text[:90]
 
 
