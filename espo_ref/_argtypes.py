@@ -1,4 +1,4 @@
-"""Argument types the command lines share (argparse ``type=``), and reading a JSON object file."""
+"""Argument types the command lines share (argparse ``type=``); files are read by espo_ref._files."""
 
 from __future__ import annotations
 
@@ -27,14 +27,3 @@ def boolean(text: str) -> bool:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
-
-def read_json_object(path) -> dict:
-    """The JSON object in a file; ValueError (saying why, without the path) otherwise. Its size and
-    nesting are bounded (espo_ref._files.read_json_object, [CONF-FILES], whose errors name the file)."""
-    from ._files import FileError
-    from ._files import read_json_object as read
-
-    try:
-        return read(path)
-    except FileError as e:
-        raise ValueError(e.reason) from None

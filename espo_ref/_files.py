@@ -152,7 +152,7 @@ def read_text(path, max_bytes: int = TEXT_BYTES, what: str = "such a file") -> s
 
 _KEEP = b'"[]{}'
 _NOT_STRUCTURAL = bytes(c for c in range(256) if c not in _KEEP)
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 
 
 def json_shape(data: bytes) -> tuple[int, int]:

@@ -73,9 +73,10 @@ def read_metrics(path) -> list[dict]:
                                      torn_last=True, what="a run's log"):
         if not isinstance(record, dict):
             raise FileError(path, f"expected a JSON object, got {json_type(record)}", number)
-        step = record.get("step")
-        if type(step) is not int:
-            raise FileError(path, f"'step' must be an int, got {json_type(step)} {step!r}"[:200], number)
+        if "step" not in record:
+            raise FileError(path, "no 'step' (each record is a step's, an int)", number)
+        if type(record["step"]) is not int:
+            raise FileError(path, f"'step' must be an int, got {json_type(record['step'])}", number)
         records.append(record)
     return records
 
