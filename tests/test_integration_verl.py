@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VERL_PYTHON = Path(os.environ.get("ESPO_VERL_PYTHON") or ROOT / ".venv-verl" / "bin" / "python")
 CHECKS = ["check_equals_reference", "check_micro_batch_sum", "check_errors", "check_verl_ppo_loss_path",
-          "check_install", "check_readme_command", "check_bf16_entropy_claim", "check_entry_point",
+          "check_train_batch_hook", "check_install", "check_readme_command", "check_bf16_entropy_claim", "check_entry_point",
           "check_v0_hook_only_for_espo"]
 
 

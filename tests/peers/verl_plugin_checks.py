@@ -204,6 +204,103 @@ def check_verl_ppo_loss_path():
     close(a, b, "vanilla passthrough")
 
 
+class MiniEngine:
+    """verl's engine train_batch in miniature (forward_backward_batch: verl's ppo_loss per micro-batch of
+    ``micro`` rows, backward; then the optimizer step), one data-parallel rank."""
+
+    def __init__(self, inputs, micro):
+        self.inputs, self.micro, self.micro_metrics = inputs, micro, []
+
+    def get_data_parallel_group(self):
+        return None
+
+    def is_mp_src_rank_with_outputs(self):
+        return True
+
+    def train_batch(self, data, loss_function):
+        B = self.inputs[3].shape[0]
+        for start in range(0, B, self.micro):
+            part, flat, _ = verl_micro_batch(*(t[start:start + self.micro] for t in self.inputs), entropy_key="entropy")
+            tu.assign_non_tensor(part, global_batch_size=B)
+            flat.requires_grad_(True)
+            loss, metrics = loss_function(model_output={"log_probs": flat}, data=part)
+            loss.backward()
+            self.micro_metrics.append(metrics)
+        return {"metrics": {"grad_norm": 1.0}}
+
+
+def check_train_batch_hook():
+    """[ESPO-METRICS] [ESPO-INPUT] The engine hook (espo_train_batch) around a mini-batch of 3 micro-batches:
+    the mini-batch is validated once before them (a NaN old entropy is refused with espo_loss's message,
+    before any micro-batch runs), each micro-batch's loss is unvalidated and returns no espo metric, and the
+    mini-batch's actor/espo_* (one verl Metric each) are espo_ref.merge_metrics of the core's metrics of the
+    micro-batches, where the first has an empty high-entropy bucket, left out; a NaN log_prob in a
+    micro-batch is an error after the mini-batch; another loss passes through."""
+    import functools
+
+    import numpy as np
+
+    import espo_ref
+    from verl.utils.metric import AggregationType, Metric
+
+    espo = {"espo_grouping": "entropy_ranges", "espo_entropy_edges": (0.5,)}
+    config = actor(**espo)
+    logp, old, ent, mask, adv = inputs = batch(11, B=6)
+    ent[:2] = 0.0  # micro-batch 0: every token below the edge, its high bucket empty
+    ent[2:] = torch.where(mask[2:], ent[2:] + 1.3, 0.0)  # up to 3.8 nat of log 50 = 3.9: both buckets
+    whole, _, _ = verl_micro_batch(*inputs, entropy_key="entropy")
+    loss_fn = functools.partial(ev.espo_ppo_loss, config=config)
+    hook = ev._loss.espo_train_batch(MiniEngine.train_batch)
+
+    calls, real = [], ev._loss.espo_loss
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("validate"))
+        return real(*args, **kwargs)
+
+    ev._loss.espo_loss = recording
+    try:
+        engine = MiniEngine(inputs, micro=2)
+        outputs = hook(engine, whole, loss_fn)
+    finally:
+        ev._loss.espo_loss = real
+    assert calls == [True, False, False, False], calls  # the mini-batch's check, then 3 micro-batches
+    assert all(not any(k.startswith("actor/espo_") for k in m) for m in engine.micro_metrics), engine.micro_metrics
+    cfg = ev.to_espo_config(config)
+    parts = [espo_ref.espo_loss(*(np.asarray(t[i:i + 2]) for t in (logp, old, ent, mask, adv)), cfg).metrics
+             for i in range(0, 6, 2)]
+    assert parts[0]["high_group_tokens"] == 0 and all(p["high_group_tokens"] > 0 for p in parts[1:]), parts
+    want = espo_ref.merge_metrics(parts)
+    for key, value in want.items():
+        got = outputs["metrics"][f"actor/espo_{key}"]
+        assert isinstance(got, Metric) and got.aggregation == AggregationType.MEAN and len(got.values) == 1
+        close(torch.tensor(got.values[0]), torch.tensor(value), f"actor/espo_{key}")
+    assert outputs["metrics"]["actor/espo_tokens"].values[0] == int(mask.sum())
+
+    # a NaN old entropy on a response token: refused before any micro-batch, with espo_loss's message
+    bad_ent = ent.clone()
+    bad_ent[3, 0] = float("nan")
+    bad = (logp, old, bad_ent, mask, adv)
+    engine = MiniEngine(bad, micro=2)
+    message = expect_error(lambda: hook(engine, verl_micro_batch(*bad, entropy_key="entropy")[0], loss_fn),
+                           "entropy has a non-finite value", "[3, 0]")
+    assert not engine.micro_metrics
+    assert message == expect_error(lambda: espo_loss(old, old, bad_ent, mask, adv, cfg))
+
+    # a NaN current log_prob in a micro-batch: not checked there, an error after the mini-batch
+    nan_logp = logp.clone()
+    nan_logp[4, 0] = float("nan")
+    engine = MiniEngine((nan_logp, old, ent, mask, adv), micro=2)
+    expect_error(lambda: hook(engine, whole, loss_fn), "1 micro-batch", "not finite", "log_prob")
+    assert len(engine.micro_metrics) == 3
+
+    # another loss: verl's train_batch as it is
+    vanilla = functools.partial(ev.espo_ppo_loss, config=ActorConfig(strategy="fsdp", rollout_n=1,
+                                                                     ppo_micro_batch_size_per_gpu=2))
+    outputs = hook(MiniEngine(inputs, micro=2), whole, vanilla)
+    assert not any(k.startswith("actor/espo_") for k in outputs["metrics"]), outputs["metrics"]
+
+
 def check_install():
     first, second = ev.install(), ev.install()
     assert first == second, (first, second)
@@ -211,8 +308,10 @@ def check_install():
     from verl import DataProto
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
-    assert first == {"engine_workers": True, "ray_trainer": True}, first
+    assert first == {"engine_workers": True, "engine": True, "ray_trainer": True}, first
     assert ew.ppo_loss is ev.espo_ppo_loss
+    from verl.workers.engine.base import BaseEngine
+    assert BaseEngine.train_batch._espo_wrapped
     assert RayPPOTrainer._compute_old_log_prob._espo_wrapped
     # the v0 hook keeps a copy of the old entropy that survives fit()'s pop of "entropys"
     entropys = torch.rand(2, 3, dtype=torch.float64)
@@ -328,8 +427,9 @@ def check_v0_hook_only_for_espo():
         assert (ev.OLD_ENTROPY in out.batch.keys()) is kept, (mode, list(out.batch.keys()))
 
 
-CHECKS = [check_equals_reference, check_micro_batch_sum, check_errors, check_verl_ppo_loss_path, check_install,
-          check_readme_command, check_bf16_entropy_claim, check_entry_point, check_v0_hook_only_for_espo]
+CHECKS = [check_equals_reference, check_micro_batch_sum, check_errors, check_verl_ppo_loss_path,
+          check_train_batch_hook, check_install, check_readme_command, check_bf16_entropy_claim, check_entry_point,
+          check_v0_hook_only_for_espo]
 
 if __name__ == "__main__":
     passed, failed, notes = [], {}, {}

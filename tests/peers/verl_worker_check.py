@@ -20,7 +20,12 @@ What runs is verl's own code from ``ActorRolloutRefWorker.init_model`` down: the
     (its ``actor/espo_*`` metrics come back, ``espo_loss`` runs once per micro-batch and gets the
     micro-batch's old entropy) and the parameters change;
 (c) the engine's loss and (pre-clipping) gradient norm equal ``espo_ref.torch.espo_loss`` and its
-    gradient on the same tokens, computed on an HF copy of the engine's parameters.
+    gradient on the same tokens, computed on an HF copy of the engine's parameters;
+(d) the mini-batch is validated once (one ``espo_loss(..., validate=True)`` on it) and the
+    micro-batches are not (``validate=False``); the logged ``actor/espo_*`` are the mini-batch's
+    over all its tokens: ``espo_ref.merge_metrics`` of the float64 core's metrics of the
+    micro-batches, the second of which has only one-token responses (all in the high-entropy
+    bucket: its low bucket is empty, and left out of that bucket's values).
 
 How verl is made to run on CPU in one process, without editing verl (nothing in verl is patched):
 
@@ -177,7 +182,7 @@ def _setup() -> None:
     """(1)-(4) in order, then the plugin and what the checks use, as module globals."""
     global verl, ev, ev_loss, engine_workers, espo_loss, compose, initialize_config_dir, TensorDict
     global Tokenizer, models, pre_tokenizers, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, tu
-    global ActorRolloutRefWorker, left_right_2_no_padding, no_padding_2_padding
+    global ActorRolloutRefWorker, left_right_2_no_padding, no_padding_2_padding, espo_ref
     import verl
     from verl.plugin.platform import platform_manager, set_platform
 
@@ -185,6 +190,7 @@ def _setup() -> None:
     set_platform(_cpu_platform())
     torch.distributed.init_process_group(backend="gloo", rank=0, world_size=1)
 
+    import espo_ref
     import espo_ref.integrations.verl as ev  # install(): engine_workers.ppo_loss = espo_ppo_loss
     import espo_ref.integrations.verl._loss as ev_loss
     import verl.workers.engine_workers as engine_workers
@@ -249,7 +255,7 @@ def actor_worker(path: str, remove_padding: bool) -> ActorRolloutRefWorker:
 def rollout_batch(seed: int):
     """Left-padded prompts, right-padded responses, as the rollout hands them to the trainer."""
     g = torch.Generator().manual_seed(seed)
-    prompt_len, resp_len = [3, 2, 3, 1], [5, 3, 4, 2]
+    prompt_len, resp_len = [3, 2, 3, 1], [5, 3, 1, 1]  # micro-batch 2: one-token responses, no low bucket
     prompts, responses = torch.ones(B, P, dtype=torch.long), torch.ones(B, R, dtype=torch.long)
     pmask, rmask = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, R, dtype=torch.long)
     for i in range(B):
@@ -360,12 +366,17 @@ def check_worker(config, path: str, remove_padding: bool) -> dict:
         advantages = torch.randn(B, 1, generator=g).expand(B, R) * mask
 
         # (b) one update through the engine; record what reaches espo_loss (monkeypatch, restored)
-        calls = []
+        calls, validations = [], []
         original = ev_loss.espo_loss
 
-        def recording_espo_loss(log_prob, old_log_prob, old_entropy, response_mask, *args, **kwargs):
-            result = original(log_prob, old_log_prob, old_entropy, response_mask, *args, **kwargs)
-            calls.append((old_entropy.detach().clone(), response_mask.detach().clone(), float(result.loss)))
+        def recording_espo_loss(log_prob, old_log_prob, old_entropy, response_mask, advantages, *args, **kwargs):
+            result = original(log_prob, old_log_prob, old_entropy, response_mask, advantages, *args, **kwargs)
+            if kwargs.get("validate") is False:  # a micro-batch (the mini-batch's check validates)
+                inputs = [t.detach().double().numpy() for t in (log_prob, old_log_prob, old_entropy)]
+                calls.append((old_entropy.detach().clone(), response_mask.detach().clone(), float(result.loss),
+                              inputs + [response_mask.bool().numpy(), advantages.detach().double().numpy()]))
+            else:
+                validations.append(response_mask.shape[0])
             return result
 
         ev_loss.espo_loss = recording_espo_loss
@@ -378,8 +389,9 @@ def check_worker(config, path: str, remove_padding: bool) -> dict:
         espo_keys = sorted(k for k in metrics if k.startswith("actor/espo_"))
         assert "actor/espo_clipfrac" in espo_keys and "actor/espo_trained_tokens" in espo_keys, sorted(metrics)
         assert len(calls) == MINI // MICRO, f"espo_loss ran {len(calls)} times, expected {MINI // MICRO}"
+        assert validations == [MINI], f"the mini-batch was validated on {validations} rows, expected once on {MINI}"
         # each micro-batch's loss got that micro-batch's old entropy (rows in order: shuffle off)
-        for m, (old_entropy, micro_mask, _) in enumerate(calls):
+        for m, (old_entropy, micro_mask, _, _) in enumerate(calls):
             rows = slice(m * MICRO, (m + 1) * MICRO)
             assert torch.equal(micro_mask.bool(), mask[rows][:, :micro_mask.shape[1]]), (m, micro_mask)
             close(old_entropy[micro_mask.bool()], ent_engine[rows][mask[rows]], f"old entropy of micro-batch {m}",
@@ -399,6 +411,15 @@ def check_worker(config, path: str, remove_padding: bool) -> dict:
         close(sum(c[2] * (c[1].bool().any(1).sum().item()) / MINI for c in calls), ref.loss.item(),
               "micro-batch espo_loss calls, scaled, vs espo_loss of the mini-batch", rtol=1e-5, atol=1e-6)
         close(engine_grad_norm, ref_grad_norm, "engine grad norm vs espo_loss grad norm", rtol=1e-4, atol=1e-6)
+        # (d) the mini-batch's metrics over all its tokens, the empty low bucket left out
+        parts = [espo_ref.espo_loss(*c[3], espo_cfg).metrics for c in calls]
+        assert parts[1]["low_group_tokens"] == 0 < parts[0]["low_group_tokens"], parts
+        for key, value in espo_ref.merge_metrics(parts).items():
+            logged = metrics[f"actor/espo_{key}"]
+            close(float(logged[0] if isinstance(logged, list) else logged), value, f"actor/espo_{key}",
+                  rtol=1e-5, atol=1e-6)
+        logged_tokens = metrics["actor/espo_tokens"]
+        assert float(logged_tokens[0] if isinstance(logged_tokens, list) else logged_tokens) == int(mask.sum())
         checks[f"step{step}"] = {
             "entropy_key": entropy_key, "engine_loss": engine_loss, "espo_loss": ref.loss.item(),
             "engine_grad_norm": engine_grad_norm, "espo_grad_norm": ref_grad_norm.item(),

@@ -27,6 +27,17 @@ the old entropy from the micro-batch and passes it to :func:`compute_policy_loss
 through a context variable. :func:`install` makes ``verl.workers.engine_workers.ppo_loss``
 that wrapper. Bypass mode (``rollout_correction.bypass_mode``) computes no old entropy and
 therefore cannot run ESPO: the loss raises an error saying so.
+
+:func:`install` also wraps the engines' ``train_batch`` (``verl.workers.engine.base.BaseEngine``:
+one mini-batch, its micro-batches' forward and backward, one optimizer step) with
+``espo_train_batch``: the mini-batch is validated once, before its micro-batches, with
+``espo_loss``'s checks and messages (old log-probs, old entropy, mask, advantages), and each
+micro-batch calls ``espo_loss(..., validate=False)`` (no host sync in the loss; the current
+``log_prob`` is not checked there: a non-finite one makes the loss NaN and is an error after the
+mini-batch); the mini-batch's ``actor/espo_*`` are logged once, over all its tokens on all
+data-parallel ranks (counts are totals, fractions token-weighted, an empty entropy bucket left
+out) [ESPO-METRICS]. verl itself would average a policy loss's metrics over micro-batches and
+ranks, and tells the loss the mini-batch's token count but not its entropy buckets' counts.
 """
 
 from __future__ import annotations

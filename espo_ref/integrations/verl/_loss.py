@@ -1,4 +1,5 @@
-"""The ``"espo"`` policy loss for verl 0.9.1 and the wrapper that hands it the old entropy."""
+"""The ``"espo"`` policy loss for verl 0.9.1, the wrapper that hands it the old entropy, and the
+engine hook that validates each mini-batch once and logs its metrics over all its tokens."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from typing import Any, Optional
 
 import torch
 from verl.trainer.ppo.core_algos import register_policy_loss
+from verl.utils.metric import AggregationType, Metric
 from verl.workers.config.actor import PolicyLossConfig
 from verl.workers.utils import losses as _verl_losses
 
+from ..._validate_once import check_built_batch, nan_unless_finite
 from ...config import ESPOConfig
 from ...errors import ESPOInputError
+from ...metrics import merge_metrics
 from ...torch import espo_loss
+from ...torch import merge_metrics as merge_device_metrics
 
 # verl's own ppo_loss, captured before install() replaces the name in engine_workers
 _VERL_PPO_LOSS = _verl_losses.ppo_loss
@@ -30,6 +35,21 @@ _DEFAULTS = ESPOConfig(vocab_size=2)
 #: the old entropy of the current micro-batch ([B, T] like response_mask), set by espo_ppo_loss
 _OLD_ENTROPY_VAR: contextvars.ContextVar[Optional[torch.Tensor]] = contextvars.ContextVar(
     "espo_old_entropy", default=None
+)
+
+
+
+@dataclass
+class _MiniBatch:
+    """What the loss leaves, per micro-batch, for the engine's train_batch of one mini-batch."""
+
+    metrics: list  # each micro-batch's espo_loss metrics (device totals, unread)
+    losses: list  # each micro-batch's loss, detached
+
+
+#: the mini-batch the engine is training on, set by the train_batch hook (None: a direct call)
+_MINI_BATCH_VAR: contextvars.ContextVar[Optional[_MiniBatch]] = contextvars.ContextVar(
+    "espo_mini_batch", default=None
 )
 
 _ENABLE_HINT = (
@@ -144,7 +164,13 @@ def compute_policy_loss_espo(
     token; summed over micro-batches and averaged over ranks this is the mean over the mini-batch's
     responses, which equals espo_loss of the whole mini-batch when no response is empty (G counts
     empty responses, [ESPO-AGG]'s N does not). When G is None the loss is espo_loss of the micro-batch.
-    Metrics are the micro-batch's [ESPO-METRICS] as ``actor/espo_<key>`` floats.
+
+    Called directly, it validates its inputs (``espo_loss(..., validate=True)``) and returns the
+    call's metrics [ESPO-METRICS] as ``actor/espo_<key>`` floats. Inside verl's update (the
+    engine's ``train_batch``, hooked by :func:`install`) the mini-batch was validated once, so each
+    micro-batch calls ``espo_loss(..., validate=False)`` (a non-finite current ``log_prob`` makes
+    the loss NaN, see :func:`espo_train_batch`) and leaves its metrics to the hook, which logs the
+    mini-batch's over all its tokens.
     """
     cfg = _espo_config(config)
     if rollout_is_weights is not None:
@@ -157,21 +183,26 @@ def compute_policy_loss_espo(
     if old_entropy is None:
         raise ESPOInputError("no old entropy reached the ESPO loss. " + _ENABLE_HINT)
     mask = response_mask.bool()
-    n_m = int(mask.any(dim=1).sum())
+    n_m = int(mask.any(dim=1).sum())  # a host sync (verl reads each micro-batch's loss anyway)
     info = getattr(config, "global_batch_info", None) or {}
     global_batch_size = info.get("global_batch_size")
+    mini_batch = _MINI_BATCH_VAR.get()
     if n_m == 0 and global_batch_size is not None:
         # a micro-batch of empty responses inside a mini-batch contributes nothing; a direct call
         # on a batch without a response token is an error ([ESPO-AGG]), raised by espo_loss
         return (log_prob * 0.0).sum(), {}
-    result = espo_loss(log_prob, old_log_prob, old_entropy, mask, advantages, cfg)
-    loss = result.loss
+    result = espo_loss(log_prob, old_log_prob, old_entropy, mask, advantages, cfg, validate=mini_batch is None)
+    loss = result.loss if mini_batch is None else nan_unless_finite(result.loss, log_prob, mask)
     dp_size = info.get("dp_size", 1) or 1
     if global_batch_size is None:
         if dp_size > 1:
             raise ESPOInputError("global_batch_info['global_batch_size'] is required when dp_size > 1")
     else:
         loss = loss * (n_m * dp_size / global_batch_size)
+    if mini_batch is not None:
+        mini_batch.metrics.append(result.metrics)
+        mini_batch.losses.append(loss.detach())
+        return loss, {}
     metrics = {}
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -179,19 +210,29 @@ def compute_policy_loss_espo(
     return loss, metrics
 
 
+def _entropy_key(data) -> str | None:
+    return next((key for key in ENTROPY_KEYS if key in data.keys()), None)
+
+
+def _padded(data, *keys: str) -> dict[str, torch.Tensor]:
+    """``keys`` of a (micro- or mini-) batch padded like its response_mask ([B, T]), and the mask."""
+    padded = data.select("response_mask", *keys).to_padded_tensor()
+    width = padded["response_mask"].shape[-1]
+    out = {"response_mask": padded["response_mask"]}
+    for key in keys:
+        value = padded[key]
+        if value.shape[-1] > width:
+            value = value[..., :width]
+        elif value.shape[-1] < width:
+            value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
+        out[key] = value.detach()
+    return out
+
+
 def _old_entropy_of(data) -> torch.Tensor | None:
     """The micro-batch's old entropy, padded like its response_mask ([B, T])."""
-    for key in ENTROPY_KEYS:
-        if key in data.keys():
-            padded = data.select("response_mask", key).to_padded_tensor()
-            entropy, mask = padded[key], padded["response_mask"]
-            width = mask.shape[-1]
-            if entropy.shape[-1] > width:
-                entropy = entropy[..., :width]
-            elif entropy.shape[-1] < width:
-                entropy = torch.nn.functional.pad(entropy, (0, width - entropy.shape[-1]))
-            return entropy.detach()
-    return None
+    key = _entropy_key(data)
+    return None if key is None else _padded(data, key)[key]
 
 
 def check_float32_entropy(config: Any) -> None:
@@ -225,6 +266,83 @@ def espo_ppo_loss(config, model_output, data, dp_group=None):
         _OLD_ENTROPY_VAR.reset(token)
 
 
+def _espo_actor_config(loss_function) -> Any:
+    """The actor config of a worker's loss function when it is :func:`espo_ppo_loss` with loss_mode
+    "espo" (``partial(ppo_loss, config=...)``, as the worker binds it), else None."""
+    if not (isinstance(loss_function, functools.partial) and loss_function.func is espo_ppo_loss):
+        return None
+    config = loss_function.keywords.get("config")
+    if config is None or _policy_loss_config(config).get("loss_mode", "vanilla") != "espo":
+        return None
+    return config
+
+
+def check_mini_batch(data, config: Any) -> None:
+    """[ESPO-INPUT] A mini-batch's ESPO inputs, checked once before its micro-batches (which call
+    espo_loss with validate=False): old log-probs, old entropy, response mask and advantages, with
+    espo_loss's checks and messages (positions are the mini-batch's, padded)."""
+    key = _entropy_key(data)
+    if key is None:
+        raise ESPOInputError("no old entropy reached the ESPO loss. " + _ENABLE_HINT)
+    batch = _padded(data, "old_log_probs", "advantages", key)
+    check_built_batch(espo_loss, batch["old_log_probs"], batch[key], batch["response_mask"].bool(),
+                      batch["advantages"], to_espo_config(config))
+
+
+def _over_ranks(mini_batch: _MiniBatch, group) -> tuple[dict[str, float] | None, int]:
+    """[ESPO-METRICS] (the mini-batch's metrics over all its micro-batches and data-parallel ranks,
+    None when no rank had a response token; the number of micro-batches whose loss was not finite):
+    each rank's micro-batches merged on its device and read in one transfer, the ranks' merged with
+    ``espo_ref.merge_metrics`` after one all_gather_object, as verl gathers its own metrics."""
+    local = dict(merge_device_metrics(mini_batch.metrics)) if mini_batch.metrics else None
+    bad = int(torch.stack([~torch.isfinite(loss) for loss in mini_batch.losses]).sum()) if mini_batch.losses else 0
+    ranks = [(local, bad)]
+    if group is not None and torch.distributed.is_initialized():
+        ranks = [None] * torch.distributed.get_world_size(group=group)
+        torch.distributed.all_gather_object(ranks, (local, bad), group=group)
+    parts = [metrics for metrics, _ in ranks if metrics is not None]
+    return (merge_metrics(parts) if parts else None), sum(count for _, count in ranks)
+
+
+def espo_train_batch(original):
+    """verl's engine ``train_batch`` (one mini-batch: its micro-batches' forward and backward, one
+    optimizer step) for loss_mode "espo": the mini-batch validated once before its micro-batches
+    (:func:`check_mini_batch`), and its metrics logged once after them, over all its tokens on all
+    data-parallel ranks, as ``actor/espo_<key>``: counts are totals, fractions and means
+    token-weighted, a micro-batch with an empty entropy bucket left out of that bucket's values
+    [ESPO-METRICS]. (verl averages a policy loss's metrics over the micro-batches, then over the
+    ranks, and gives the loss no count of the mini-batch's entropy buckets: the loss alone cannot
+    weight them.) A micro-batch whose loss was not finite (its current log_prob, not checked per
+    micro-batch, was not finite, or the loss overflowed; the gradient is NaN too, and verl's FSDP
+    engine skips such an update) raises ESPOInputError after the mini-batch. Other losses: as verl."""
+
+    @functools.wraps(original)
+    def train_batch(self, data, loss_function):
+        config = _espo_actor_config(loss_function)
+        if config is None:
+            return original(self, data, loss_function)
+        check_mini_batch(data, config)
+        mini_batch = _MiniBatch(metrics=[], losses=[])
+        token = _MINI_BATCH_VAR.set(mini_batch)
+        try:
+            outputs = original(self, data, loss_function)
+        finally:
+            _MINI_BATCH_VAR.reset(token)
+        metrics, bad = _over_ranks(mini_batch, self.get_data_parallel_group())
+        if bad:
+            raise ESPOInputError(
+                f"the ESPO loss of {bad} micro-batch(es) of this mini-batch is not finite: the current policy's "
+                "log_prob (not checked per micro-batch) is not finite at a response token, or the loss overflowed "
+                "(the mini-batch's old log-probs, old entropy, mask and advantages were checked)")
+        if metrics is not None and outputs is not None and self.is_mp_src_rank_with_outputs():
+            outputs["metrics"].update({f"actor/espo_{key}": Metric(AggregationType.MEAN, value)
+                                       for key, value in metrics.items()})
+        return outputs
+
+    train_batch._espo_wrapped = True
+    return train_batch
+
+
 def _trainer_uses_espo(trainer: Any) -> bool:
     """Whether a RayPPOTrainer's actor loss is "espo" (True when its config cannot be read)."""
     try:
@@ -250,15 +368,20 @@ def _wrap_compute_old_log_prob(original):
 
 
 def install() -> dict[str, bool]:
-    """Idempotently make verl's workers call :func:`espo_ppo_loss`, and have the v0 trainer keep
-    the old entropy (as ``"espo_old_entropy"``). Returns what was patched."""
-    done = {"engine_workers": False, "ray_trainer": False}
+    """Idempotently make verl's workers call :func:`espo_ppo_loss` (and its engines' ``train_batch``
+    :func:`espo_train_batch`), and have the v0 trainer keep the old entropy (as
+    ``"espo_old_entropy"``). Returns what was patched."""
+    done = {"engine_workers": False, "engine": False, "ray_trainer": False}
     try:
         import verl.workers.engine_workers as engine_workers
+        from verl.workers.engine.base import BaseEngine
     except ImportError:  # verl's worker dependencies (ray, uvicorn, ...) are missing: no worker can run here
         return done
     engine_workers.ppo_loss = espo_ppo_loss
     done["engine_workers"] = True
+    if not getattr(BaseEngine.train_batch, "_espo_wrapped", False):
+        BaseEngine.train_batch = espo_train_batch(BaseEngine.train_batch)
+    done["engine"] = True
     try:
         from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     except ImportError:  # the v0 trainer cannot run here anyway
