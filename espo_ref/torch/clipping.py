@@ -52,7 +52,7 @@ def _group_clip_eps(ent: torch.Tensor, seg: Segments, trained_seg: Segments, con
     return finite_eps(eps, share, response, config, validate=validate)
 
 
-def eps_cannot_overflow(config: ESPOConfig, dtype: torch.dtype) -> bool:
+def _eps_cannot_overflow(config: ESPOConfig, dtype: torch.dtype) -> bool:
     """[ESPO-CLIP] alpha e / log|V| <= alpha (log|V| + tol) / log|V| stays well inside ``dtype``."""
     top = float(torch.finfo(dtype).max)
     return config.alpha * (config.log_vocab + config.entropy_tolerance) < 0.5 * top * config.log_vocab
@@ -64,7 +64,7 @@ def finite_eps(eps: torch.Tensor, entropy: torch.Tensor, response: torch.Tensor,
     log|V| alone may overflow) alpha * (e / log|V|), 0 on padding; an epsilon still beyond
     the range of the compute dtype is an error naming ``alpha`` (a sync, if ``validate``).
     Skipped (no work) when the config bounds eps well inside the dtype's range."""
-    if eps_cannot_overflow(config, eps.dtype):
+    if _eps_cannot_overflow(config, eps.dtype):
         return eps
     zero = torch.zeros((), dtype=eps.dtype, device=eps.device)
     eps = torch.where(torch.isfinite(eps), eps, config.alpha * (entropy / config.log_vocab))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from functools import lru_cache
 
@@ -113,29 +114,41 @@ def _batch_top_fraction(entropy: torch.Tensor, mask: torch.Tensor, rho: Fraction
     return _select_top(key.reshape(1, n), n_high, _host_size(n, rho)).reshape(mask.shape)
 
 
-@lru_cache(maxsize=64)
+@torch.compiler.assume_constant_result  # a function of the config alone: a constant of a compiled graph
 def _edge_thresholds(edges: tuple[float, ...], log_vocab: float, double: bool) -> tuple[float, ...]:
+    """The thresholds of ``_thresholds``: cached in eager, folded to constants when compiled."""
+    if torch.compiler.is_compiling():
+        return _thresholds(edges, log_vocab, double)
+    return _cached_thresholds(edges, log_vocab, double)
+
+
+def _thresholds(edges: tuple[float, ...], log_vocab: float, double: bool) -> tuple[float, ...]:
     """For each edge c, the smallest non-negative x of the dtype with float64(x) / log|V| >= c.
 
     x >= threshold then decides membership exactly as the core's float64 division and
     searchsorted do, without dividing (and without float64 for float32 entropies).
     """
-    ftype, itype, top = (np.float64, np.int64, 0x7FF0000000000000) if double else (np.float32, np.int32, 0x7F800000)
+    # plain Python (struct, float division: IEEE float64 as numpy's), so that a compiled graph
+    # folds it to constants instead of tracing numpy
+    int_fmt, float_fmt, top = ("<Q", "<d", 0x7FF0000000000000) if double else ("<I", "<f", 0x7F800000)
 
-    def value(bits: int):
-        return np.array([bits], dtype=itype).view(ftype)[0]
+    def value(bits: int) -> float:
+        return struct.unpack(float_fmt, struct.pack(int_fmt, bits))[0]
 
     out = []
     for c in edges:
         lo, hi = 0, top  # value(top) = +inf satisfies the test
         while lo < hi:
             mid = (lo + hi) // 2
-            if np.float64(value(mid)) / log_vocab >= c:
+            if value(mid) / log_vocab >= c:
                 hi = mid
             else:
                 lo = mid + 1
         out.append(float(value(lo)))
     return tuple(out)
+
+
+_cached_thresholds = lru_cache(maxsize=64)(_thresholds)
 
 
 def _entropy_ranges(entropy: torch.Tensor, config: ESPOConfig) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ._checks import (advantages_2d, as_mask, as_real_array, bound, check_shape,
                       log_ratio, require_finite)
 from ._segments import Segments, factor, group_segments
 from .aggregation import _aggregation_table
-from .clipping import _clip_bounds, eps_cannot_overflow
+from .clipping import _clip_bounds, _eps_cannot_overflow
 from .grouping import _groups_and_members, group_width, trained_tokens
 from .metrics import _espo_metrics
 from .ratio import _group_log_ratio, token_ratio
@@ -161,7 +161,7 @@ def by_group_fits(config: ESPOConfig, dtype: torch.dtype, length: int) -> bool:
         return False
     if config.clip == "fixed":
         return True
-    return config.eps_reading == "group_mean" and eps_cannot_overflow(config, dtype)
+    return config.eps_reading == "group_mean" and _eps_cannot_overflow(config, dtype)
 
 
 def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab, config: ESPOConfig):
