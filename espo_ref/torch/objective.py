@@ -111,7 +111,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     rows = seg.counts.sum(dim=1) > 0
     weight_tab, k = _aggregation_table(trained_seg, rows, dtype=dtype, validate=validate)
 
-    if seg.dense and by_group_fits(config, dtype, shape[1]) and adv.shape[1] == 1:
+    if seg.dense and _by_group_fits(config, dtype, shape[1]) and adv.shape[1] == 1:
         out = _by_group(seg, trained_seg, log_r, ent, adv, weight_tab, config)
         objective, grad, ratio, clamped, log_s, eps_low, eps_high, clipped_high, clipped_low, totals = out
         weight = trained_seg.to_tokens(weight_tab)
@@ -148,7 +148,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     )
 
 
-def by_group_fits(config: ESPOConfig, dtype: torch.dtype, length: int) -> bool:
+def _by_group_fits(config: ESPOConfig, dtype: torch.dtype, length: int) -> bool:
     """Whether the ratio and the clip range are constant on each group (``gspo_token`` ratio;
     group-mean or fixed epsilon) and cannot overflow ``dtype`` (a clamp below its log max, an
     ``alpha`` with alpha e / log|V| in range, ``length`` entropies summing in range), so that
@@ -178,9 +178,9 @@ def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab,
     n, n_trained = seg.counts, trained_seg.counts
     log_s_tab = seg.means(log_r, clean=True)
     clamped_tab = log_s_tab > config.log_ratio_clamp
-    ratio_tab = torch.exp(log_s_tab.clamp(max=bound(config.log_ratio_clamp, dtype)))  # finite (by_group_fits)
+    ratio_tab = torch.exp(log_s_tab.clamp(max=bound(config.log_ratio_clamp, dtype)))  # finite (_by_group_fits)
     if config.clip == "adaptive":
-        ent_sums = seg.sums(ent, clean=True)  # T (log|V| + tol) in range (by_group_fits)
+        ent_sums = seg.sums(ent, clean=True)  # T (log|V| + tol) in range (_by_group_fits)
         low_tab = high_tab = (config.alpha / config.log_vocab) * (ent_sums / n.clamp(min=1).to(dtype))
     else:
         ent_sums = seg.sums(ent, clean=True)
