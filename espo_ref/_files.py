@@ -91,6 +91,9 @@ class FileError(ESPOInputError):
             place = f"{self.path}: {where}"
         super().__init__(one_line(f"{place}: {self.reason}"))
 
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.where)
+
 
 # --- bytes ---------------------------------------------------------------------------------
 
@@ -109,9 +112,11 @@ def _stat(path: Path, *, regular: bool = False) -> os.stat_result:
     return st
 
 
-def _too_large(path, size: int | str, limit: int, what: str) -> FileError:
-    return FileError(path, f"{size if isinstance(size, str) else f'{size:,} bytes'}, more than the {_size(limit)} "
-                           f"{what} may have; refused before reading it")
+def _too_large(path, size: int | None, limit: int, what: str) -> FileError:
+    """``size`` None: found while reading (a file that grows, a pipe)."""
+    if size is None:
+        return FileError(path, f"more than the {_size(limit)} {what} may have; refused after reading that much")
+    return FileError(path, f"{size:,} bytes, more than the {_size(limit)} {what} may have; refused before reading it")
 
 
 def read_bytes(path, max_bytes: int, what: str = "such a file") -> bytes:
@@ -132,7 +137,7 @@ def read_bytes(path, max_bytes: int, what: str = "such a file") -> bytes:
                 chunks.append(chunk)
                 total += len(chunk)
                 if total > max_bytes:
-                    raise _too_large(path, "more bytes", max_bytes, what)
+                    raise _too_large(path, None, max_bytes, what)
                 want = min(64 * KiB, max_bytes + 1 - total)
     except OSError as e:
         raise FileError(path, f"cannot read it ({e.strerror or e})") from None
@@ -254,7 +259,7 @@ def read_jsonl(path, *, max_line_bytes: int, max_bytes: int, max_depth: int = MA
                 lineno += 1
                 total += len(raw)
                 if total > max_bytes:
-                    raise _too_large(path, "more bytes", max_bytes, what)
+                    raise _too_large(path, None, max_bytes, what)
                 if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
                     raise FileError(path, f"a line longer than the {_size(max_line_bytes)} a line may have; "
                                           f"refused before reading it whole", lineno)

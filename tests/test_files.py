@@ -37,6 +37,11 @@ def test_CONF_FILES_an_error_is_one_line_naming_the_file_and_the_line_or_key():
     text = str(FileError("we\nird\x1b[2J.json", "line\none\r"))
     assert "\n" not in text and "\r" not in text and "\x1b" not in text and "\\x0a" in text
     assert isinstance(FileError("x", "y"), ValueError)  # exit 2 in every command
+    import pickle
+
+    again = pickle.loads(pickle.dumps(FileError("b.json", "bad", "inputs.logp")))
+    assert (str(again), again.path, again.where, again.reason) == ("b.json: inputs.logp: bad", "b.json", "inputs.logp",
+                                                                   "bad")
 
 
 # --- JSON -------------------------------------------------------------------------------------
@@ -102,6 +107,21 @@ def test_CONF_FILES_json_limits_size_and_containers(tmp_path):
     path.write_bytes(b'{"a": "\xff"}')
     with pytest.raises(FileError, match=r"big\.json: not UTF-8 \(invalid start byte at byte 7\)"):
         read_json(path)
+
+
+def test_CONF_FILES_a_pipe_or_a_growing_file_is_bounded_while_reading():
+    import os
+
+    from espo_ref._files import read_bytes
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x" * 3000)
+    os.close(write_end)
+    try:
+        with pytest.raises(FileError, match="more than the 1 KiB such a file may have; refused after reading"):
+            read_bytes(f"/proc/self/fd/{read_end}", 1024)
+    finally:
+        os.close(read_end)
 
 
 # --- JSON Lines -------------------------------------------------------------------------------
