@@ -182,7 +182,7 @@ def _ppo_clip_loss(logp, old_logp, mask, advantages, config, validate) -> LossRe
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"clipfrac_dual": dual},
-                               lp=lp, olp=olp)
+                               raw=(logp, old_logp))
     extras = {"clamped": clamped, "dual_clipped": dual, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)
 
@@ -240,7 +240,7 @@ def gspo_loss(logp, old_logp, mask, advantages, config: GSPOConfig | None = None
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv, ratio, m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, clamped,
-                               lp=lp, olp=olp)
+                               raw=(logp, old_logp))
     extras = {"clamped": clamped, "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_s, extras)
 
@@ -298,7 +298,7 @@ def gmpo_loss(logp, old_logp, mask, advantages, config: GMPOConfig | None = None
     if validate:
         check_loss(loss, grad, lambda: ratio_and_advantage(adv_seq, ratio.detach(), m))
     metrics = baseline_metrics(m, ratio, log_r, clipped_high, clipped_low, torch.zeros_like(m),
-                               lp=lp, olp=olp)
+                               raw=(logp, old_logp))
     extras = {"clipped_log_ratio": clipped_lr.detach(), "advantage_seq": adv_seq, "per_token_loss": per_token}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_ratio, extras)
 
@@ -337,7 +337,7 @@ def cispo_loss(logp, old_logp, mask, advantages, config: CISPOConfig | None = No
     if validate:
         check_loss(loss, grad, lambda: cispo_sizes(adv, is_weight, lp, m))
     metrics = baseline_metrics(m, ratio, raw, clipped_high, clipped_low, clamped, extra_counts={"capped_frac": capped},
-                               lp=lp, olp=olp)
+                               raw=(logp, old_logp))
     extras = {"clamped": clamped, "is_weight": is_weight, "capped": capped,
               "per_token_loss": per_token.detach()}
     return _result(loss, grad, ratio, clipped_high, clipped_low, metrics, weight, m, log_r, extras)

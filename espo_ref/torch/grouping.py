@@ -194,7 +194,10 @@ def _groups_and_members(ent: torch.Tensor, m: torch.Tensor, config: ESPOConfig):
         high = select(ent, m, decimal_fraction(config.top_fraction))
         low = m & ~high
         # HIGH_GROUP 0, LOW_GROUP 1, PADDING -1: m + low - 1, in bytes (then one widening)
-        groups = (m.view(torch.int8) + low.view(torch.int8) - 1).to(torch.int64)
+        if torch.compiler.is_compiling():
+            groups = m.to(torch.int64) + low.to(torch.int64) - 1
+        else:
+            groups = (m.view(torch.int8) + low.view(torch.int8) - 1).to(torch.int64)
         return groups, [high, low]
     if config.grouping == "entropy_ranges":
         groups = _entropy_ranges(ent, config)

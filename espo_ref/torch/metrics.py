@@ -159,20 +159,36 @@ class DeviceMetrics(MutableMapping):
         merge, the count-weighted mean of the parts' (finite) values."""
         if self._parts:
             return core_merge(self._parts)[key]
-        src = self._sources
         if key == "approx_kl":
-            return approx_kl(plain, raw_log_ratio(src["lp"], src["olp"], src["mask"], src["log_r"]), src["mask"])
+            mask = self._sources["mask"]
+            return approx_kl(plain, raw_log_ratio(self._source("lp"), self._source("olp"), mask,
+                                                  self._source("log_r")), mask)
         return finite_mean(plain, self._source(values), self._source(where))
 
     def _source(self, name: str) -> torch.Tensor:
+        """A per-token tensor behind a mean: kept by the loss, or made again from its inputs
+        (``raw``: the loss's logp, old_logp and entropy as given), so that a compiled loss need
+        not write its intermediates out for a fallback that almost never runs."""
         src = self._sources
+        if name in src:
+            return src[name]
+        mask = src["mask"]
         if name == "neg_log_r":
-            return -src["log_r"]
+            return -self._source("log_r")
         if name in ("high", "low"):
-            mask = src["mask"]
             high = mask if src["token_groups"] else mask & (src["groups"] == HIGH_GROUP)
             return high if name == "high" else mask & ~high
-        return src[name]
+        logp, old_logp, entropy = src["raw"]
+        dtype = src["ratio"].dtype
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        given = lambda t: torch.as_tensor(t, device=mask.device).detach().to(dtype)  # noqa: E731
+        if name in ("lp", "olp"):
+            return torch.where(mask, given(logp if name == "lp" else old_logp), zero)
+        if name == "log_r":
+            return self._source("lp") - self._source("olp")
+        if name == "entropy":
+            return torch.where(mask, given(entropy), zero).clamp(min=0.0)
+        raise KeyError(name)
 
 
 def merge_metrics(parts: Sequence) -> MutableMapping:
@@ -227,15 +243,22 @@ def espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped
 
 
 def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clipped_high,
-                  clipped_low, clamped, config: ESPOConfig, k, *, lp, olp, totals=None) -> DeviceMetrics:
+                  clipped_low, clamped, config: ESPOConfig, k, *, lp=None, olp=None, raw=None,
+                  totals=None) -> DeviceMetrics:
     """The metrics from the loss's tensors; ``entropy``, ``ratio``, ``eps_high`` and ``log_r``
-    are 0 on padding. ``lp``/``olp`` give the float64 raw log-ratio of the KL fallback.
-    ``totals``: the counts and sums already taken on the group table (all but the KL's)."""
+    are 0 on padding. ``lp``/``olp`` give the float64 raw log-ratio of the KL fallback, or
+    ``raw`` = (logp, old_logp, entropy) as the loss was given them, from which the fallbacks
+    make their inputs again. ``totals``: the counts and sums already taken on the group table
+    (all but the KL's)."""
     dtype = ratio.dtype
     log_r = log_r.detach()
     token_groups = config.grouping == "token"
-    sources = {"entropy": entropy, "mask": mask, "groups": groups, "trained": trained, "ratio": ratio,
-               "eps": eps_high, "log_r": log_r, "lp": lp.detach(), "olp": olp, "token_groups": token_groups}
+    sources = {"mask": mask, "groups": groups, "trained": trained, "ratio": ratio, "eps": eps_high,
+               "token_groups": token_groups}
+    if raw is not None:
+        sources["raw"] = raw
+    else:
+        sources.update({"entropy": entropy, "log_r": log_r, "lp": lp.detach(), "olp": olp})
     if totals is not None:
         return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, {**totals, "kl": k3(log_r).sum()}, sources)
     high = mask if token_groups else mask & (groups == HIGH_GROUP)
@@ -255,7 +278,8 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
 
 
 def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
-                     extra_counts: dict[str, torch.Tensor] | None = None, lp=None, olp=None) -> DeviceMetrics:
+                     extra_counts: dict[str, torch.Tensor] | None = None, lp=None, olp=None,
+                     raw=None) -> DeviceMetrics:
     """[BASE-METRICS] Clip fractions over all response tokens (TRL's binding definitions),
     the mean ratio, and the KL estimates of the raw log-ratio (k3 ``approx_kl``, k1 ``ppo_kl``).
 
@@ -263,17 +287,21 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
     the common keys (``clipfrac_dual``, ``capped_frac``). A ``DeviceMetrics`` (floats, fetched
     in one sync when first read), computed in the dtype of ``ratio``; finite (see the module
     docstring). ``lp``/``olp`` (keyword-only) give the float64 raw log-ratio of ``approx_kl``'s
-    fallback (default ``log_r`` itself); ``ratio`` and ``log_r`` are 0 on padding.
+    fallback (default ``log_r`` itself), or ``raw`` = (logp, old_logp) as the loss was given them;
+    ``ratio`` and ``log_r`` are 0 on padding.
     """
     extra_counts = extra_counts or {}
     ratio = ratio.detach()
     log_r = log_r.detach()
+    if raw is not None:  # the fallbacks make lp, olp and the log-ratio again from the loss's inputs
+        sources = {"mask": mask, "ratio": ratio, "trained": mask, "raw": (*raw, None)}
+    else:
+        sources = {"mask": mask, "ratio": ratio, "trained": mask, "log_r": log_r,
+                   "lp": log_r if lp is None else lp.detach(), "olp": torch.zeros_like(log_r) if olp is None else olp}
     totals = _common_totals(mask, ratio, mask, log_r, clipped_high, clipped_low, clamped)
     totals["neg_log_r"] = -log_r.sum()
     recipes = dict(_BASELINE)
     for name, where in extra_counts.items():
         totals[f"extra:{name}"] = torch.count_nonzero(where)
         recipes[name] = ("frac", f"extra:{name}", "tokens", _NAN)
-    sources = {"mask": mask, "ratio": ratio, "trained": mask, "log_r": log_r,
-               "lp": log_r if lp is None else lp.detach(), "olp": torch.zeros_like(log_r) if olp is None else olp}
     return DeviceMetrics(recipes, (*BASELINE_KEYS, *extra_counts), totals, sources)

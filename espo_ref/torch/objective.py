@@ -67,7 +67,9 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     logp's device (other inputs are moved there). ``validate=True`` runs the core's checks
     with its messages, at the cost of a few host syncs; ``validate=False`` skips them: no host
     sync and no data-dependent shape (inputs the core rejects then give unspecified values).
-    ``metrics`` is a ``DeviceMetrics``: Python floats, fetched in one transfer when first read.
+    A non-finite logp on a response token gives a NaN loss and gradient (validation off) rather
+    than a number. ``metrics`` is a ``DeviceMetrics``: Python floats, fetched in one transfer
+    when first read.
     With ``validate``, finite inputs give finite outputs or an ESPOInputError naming the
     argument [ESPO-INPUT].
     """
@@ -86,7 +88,11 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     if validate:
         require_finite(ent_in, m, "entropy")
     mask_f = factor(m, dtype)
-    lp, olp = _clean(raw.detach(), mask_f), _clean(olp_in, mask_f)
+    # logp is the one input a training step brings anew (old_logp, entropy and advantages are
+    # validated once where the batch is built): a non-finite logp on a response token makes the
+    # loss and its gradient NaN even without validation, as a plain masked loss would
+    lp = torch.where(m, raw.detach(), torch.zeros((), dtype=raw.dtype, device=raw.device)).to(dtype)
+    olp = _clean(olp_in, mask_f)
     ent_dtype = compute_dtype(ent_in)  # the grouping sees the entropy in its own precision
     ent = _clean(ent_in, mask_f if ent_dtype == dtype else factor(m, ent_dtype))
     if validate:
@@ -129,7 +135,7 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
         check_loss(objective, grad, lambda: ratio_and_advantage(adv.expand(shape), ratio, m))
     loss = _Objective.apply(raw, -objective, grad) if raw.requires_grad else -objective
     metrics = _espo_metrics(ent, m, groups, trained, ratio, eps_high, log_r, clipped_high, clipped_low,
-                            clamped, config, k, lp=lp, olp=olp, totals=totals)
+                            clamped, config, k, raw=(raw, olp_in, ent_in), totals=totals)
     return LossResult(
         loss=loss,
         grad=grad,
@@ -159,8 +165,9 @@ def _by_group_fits(config: ESPOConfig, dtype: torch.dtype, length: int) -> bool:
         return False  # (token grouping: the high bucket is every token, not group 0)
     if config.log_ratio_clamp >= math.log(torch.finfo(dtype).max):
         return False
-    if config.clip == "fixed":
-        return True
+    if config.clip == "fixed":  # (an offset beyond the dtype is the per-token path's error)
+        top = float(torch.finfo(dtype).max)
+        return abs(config.eps_low) <= top and abs(config.eps_high) <= top
     return config.eps_reading == "group_mean" and _eps_cannot_overflow(config, dtype)
 
 
