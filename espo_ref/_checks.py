@@ -26,9 +26,19 @@ def raise_at_first(bad: np.ndarray, message: Callable[[tuple[int, ...]], str]) -
         raise ESPOInputError(message(first_index(bad)))
 
 
+def readable(x, name: str) -> np.ndarray:
+    """[ESPO-INPUT] ``np.asarray(x)``; an object numpy cannot read (a tensor on the meta device or
+    on a GPU, ...) is an error naming the argument."""
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - whatever refuses conversion is the caller's input error
+        raise ESPOInputError(f"{name} cannot be read as an array ({type(x).__name__}): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
 def as_real_array(x, name: str, ndim: int | None = None) -> np.ndarray:
     """float64 copy of a real (non-bool, non-complex) numeric array."""
-    arr = np.asarray(x)
+    arr = readable(x, name)
     if arr.dtype == object or arr.dtype.kind not in "fiu":
         raise ESPOInputError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
@@ -38,7 +48,7 @@ def as_real_array(x, name: str, ndim: int | None = None) -> np.ndarray:
 
 def as_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Boolean mask of the given shape; accepts bool or numeric 0/1 arrays."""
-    arr = np.asarray(mask)
+    arr = readable(mask, name)
     if arr.shape != tuple(shape):
         raise ESPOInputError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
     if arr.dtype == np.bool_:

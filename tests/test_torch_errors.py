@@ -229,3 +229,25 @@ def test_ESPO_CONFIG_torch_accepts_numpy_scalars_as_numbers():
     lp_a, e_a = et.token_logprobs_and_entropy(h, w, tok, temperature=np.float32(0.5), chunk_size=np.int64(2))
     lp_b, e_b = et.token_logprobs_and_entropy(h, w, tok, temperature=0.5, chunk_size=2)
     assert torch.equal(lp_a, lp_b) and torch.equal(e_a, e_b)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("argument", ["logp", "old_logp", "entropy", "mask", "advantages"])
+def test_ESPO_INPUT_a_meta_tensor_is_an_error_naming_the_argument(backend, argument):
+    """A tensor on the meta device (a shape without data) is refused naming its argument, in both
+    backends and in every loss that takes it (torch's own error names nothing)."""
+    import espo_ref as core_module
+    import espo_ref.torch as torch_module
+    from espo_ref.baselines import GSPOConfig
+
+    B, T = 2, 3
+    args = {"logp": torch.zeros(B, T), "old_logp": torch.zeros(B, T), "entropy": torch.zeros(B, T),
+            "mask": torch.ones(B, T, dtype=torch.bool), "advantages": torch.zeros(B)}
+    args[argument] = torch.empty_like(args[argument], device="meta")
+    module = torch_module if backend == "torch" else core_module
+    with pytest.raises(core_module.ESPOInputError, match=rf"^{argument} "):
+        module.espo_loss(*args.values(), core_module.ESPOConfig(vocab_size=10))
+    if argument != "entropy":
+        losses = torch_module if backend == "torch" else core_module.baselines
+        with pytest.raises(core_module.ESPOInputError, match=rf"^{argument} "):
+            losses.gspo_loss(args["logp"], args["old_logp"], args["mask"], args["advantages"], GSPOConfig())

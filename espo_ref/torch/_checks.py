@@ -52,11 +52,14 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def coerce(x, device=None):
+def coerce(x, device=None, name: str | None = None):
     """(tensor or None, numpy dtype name). Non-tensors go through ``np.asarray`` first, so a
     Python list of floats is float64 as in the core; None is returned for dtypes torch
     cannot hold (object, strings), whose numpy name the caller puts in its message."""
     if isinstance(x, torch.Tensor):
+        if x.is_meta:  # a shape without data: nothing to compute on, and torch's own error names nothing
+            raise ESPOInputError(f"{name or 'an input'} is a tensor on the meta device (shape {tuple(x.shape)}, "
+                                 f"no data); pass a tensor with values")
         return (x if device is None else x.to(device)), dtype_name(x.dtype)
     arr = np.asarray(x)
     if arr.dtype.kind not in "biufc":
@@ -100,7 +103,7 @@ def raise_at_first(bad: torch.Tensor, message: Callable[[list[int]], str]) -> No
 
 def as_real_array(x, name: str, ndim: int | None = None, device=None) -> torch.Tensor:
     """A real (non-bool, non-complex) tensor, in its own dtype; the core's as_real_array."""
-    t, numpy_name = coerce(x, device)
+    t, numpy_name = coerce(x, device, name)
     if t is None or not is_real(t.dtype):
         raise ESPOInputError(f"{name} must be a real numeric array, got dtype {numpy_name}")
     if ndim is not None and t.ndim != ndim:
@@ -110,7 +113,7 @@ def as_real_array(x, name: str, ndim: int | None = None, device=None) -> torch.T
 
 def as_mask(mask, name: str, shape: tuple[int, ...], device=None, validate: bool = True) -> torch.Tensor:
     """Boolean mask of the given shape; accepts bool or numeric 0/1 tensors."""
-    t, numpy_name = coerce(mask, device)
+    t, numpy_name = coerce(mask, device, name)
     got = tuple(t.shape) if t is not None else tuple(np.asarray(mask).shape)
     if got != tuple(shape):
         raise ESPOInputError(f"{name} must have shape {tuple(shape)}, got {got}")

@@ -34,7 +34,7 @@ def grpo_advantages(rewards, prompt_ids, valid=None, ddof: int = 1, eps: float =
     """
     r = as_real_array(rewards, "rewards", ndim=1)
     B = r.shape[0]
-    ids, numpy_name = coerce(prompt_ids, r.device) if isinstance(prompt_ids, torch.Tensor) else (None, None)
+    ids, numpy_name = coerce(prompt_ids, r.device, "prompt_ids") if isinstance(prompt_ids, torch.Tensor) else (None, None)
     if ids is None:
         host_ids = np.asarray(prompt_ids)
         shape, ok_dtype, numpy_name = host_ids.shape, host_ids.dtype.kind in "iuUS", str(host_ids.dtype)

@@ -29,10 +29,10 @@ def aggregation_weights(groups, trained, mask, *, dtype: torch.dtype = torch.flo
     (keyword-only) defaults to the core's float64; the group count is read from the data
     and the empty-batch check syncs.
     """
-    m, _ = coerce(mask)
+    m, _ = coerce(mask, name="mask")
     m = as_mask(mask, "mask", tuple(m.shape) if m is not None else np.shape(mask), validate=validate)
     t = as_mask(trained, "trained", tuple(m.shape), device=m.device, validate=validate)
-    g, _ = coerce(groups, m.device)
+    g, _ = coerce(groups, m.device, "groups")
     check_shape(g, "groups", tuple(m.shape), "mask")
     return _aggregation_weights(Segments(g.to(torch.int64), t), m, dtype=dtype, validate=validate)[0]
 
@@ -104,7 +104,7 @@ def agg_weights(mask, mode: str, max_len: int | None = None, *, dtype: torch.dty
     value checks (no host sync).
     """
     check_agg_mode(mode, max_len)
-    t, _ = coerce(mask)
+    t, _ = coerce(mask, name="mask")
     shape = tuple(t.shape) if t is not None else np.asarray(mask).shape
     if len(shape) != 2:
         raise ESPOInputError(f"mask must be 2-D [B, T], got shape {shape}")

@@ -83,7 +83,7 @@ def clip_bounds(entropy, groups, config: ESPOConfig, *, validate: bool = True):
         ent, g = _clip_inputs(entropy, groups, config, validate)
     else:  # the fixed range reads only which tokens are response tokens (and the entropy's dtype)
         g = check_groups(groups, None, validate=validate)
-        raw, _ = coerce(entropy, g.device)
+        raw, _ = coerce(entropy, g.device, "entropy")
         ent = torch.zeros((), dtype=compute_dtype(raw) if raw is not None else torch.float64, device=g.device)
     width = None if config.clip == "adaptive" else 1  # the fixed range needs no group table
     return _clip_bounds(ent, *group_segments(g, trained_tokens(g, config), config.drop_low_group, width), config,

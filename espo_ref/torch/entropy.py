@@ -25,7 +25,7 @@ def token_entropy(logits, temperature: float = 1.0, *, validate: bool = True) ->
     entropy for every temperature (a row whose ``logits / temperature`` overflows is shifted
     by its maximum before the division, as in the core).
     """
-    z, numpy_name = coerce(logits)
+    z, numpy_name = coerce(logits, name="logits")
     if z is None or not is_real(z.dtype):
         raise ESPOInputError(f"logits must be a real numeric array, got dtype {numpy_name}")
     if z.ndim < 1 or z.shape[-1] < 1:

@@ -54,7 +54,7 @@ def high_group_size(lengths, top_fraction: float, *, validate: bool = True) -> t
     of the shape of ``lengths``, on its device. The bound max(L) is read from the data
     (a host sync), as is the non-negativity check (skipped when ``validate=False``).
     """
-    t, _ = coerce(lengths)
+    t, _ = coerce(lengths, name="lengths")
     if t is None or not is_integer(t.dtype) or (validate and t.numel() and bool((t < 0).any())):
         raise ESPOInputError(f"lengths must be non-negative integers, got {np.asarray(host_array(t) if t is not None else lengths)!r}")
     rho = decimal_fraction(top_fraction)
@@ -220,7 +220,7 @@ def check_groups(groups, mask_shape: tuple[int, ...] | None, name: str = "groups
                  validate: bool = True) -> torch.Tensor:
     """[ESPO-GROUP] Validate a [B, T] integer group tensor (-1 = padding) of ``mask_shape``
     (None: any shape)."""
-    g, numpy_name = coerce(groups, device)
+    g, numpy_name = coerce(groups, device, name)
     if g is None or not is_integer(g.dtype):
         raise ESPOInputError(f"{name} must be an integer array, got dtype {numpy_name}")
     if mask_shape is not None:
