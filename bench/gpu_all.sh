@@ -2,9 +2,10 @@
 # Every GPU check of the project in one command (for a lent GPU machine, no network):
 # the torch backend's CUDA tests and loss benchmark (bench/gpu_check.sh), the golden vectors
 # on cuda, the log-prob/entropy kernels' tests and benchmark (bench/gpu_logprob.sh), and,
-# when present, the trainer's GPU run (bench/gpu_train.sh). Results are packed into
+# when present, the trainer's GPU run (bench/gpu_train.sh), and the ESPO/GSPO ratios eager,
+# validated and compiled with the host syncs per call (bench/loss_overhead.py --ratios). Results are packed into
 # "$OUT/gpu_results.tgz" (the device tool returns at most 8 files) plus "$OUT/summary.txt".
-# Usage: OUT=/some/dir bash bench/gpu_all.sh [check] [conform] [logprob] [train]
+# Usage: OUT=/some/dir bash bench/gpu_all.sh [check] [conform] [logprob] [train] [ratios]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -13,7 +14,7 @@ mkdir -p "$FINAL"
 WORK=$(mktemp -d)
 export OUT="$WORK"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(check conform logprob train)
+[ ${#parts[@]} -eq 0 ] && parts=(ratios check conform logprob train)
 summary="$FINAL/summary.txt"
 : > "$summary"
 for part in "${parts[@]}"; do
@@ -24,6 +25,8 @@ for part in "${parts[@]}"; do
                > "$WORK/conform.log" 2>&1 ;;
     logprob) bash bench/gpu_logprob.sh > "$WORK/logprob.log" 2>&1 ;;
     train) if [ -f bench/gpu_train.sh ]; then bash bench/gpu_train.sh > "$WORK/train.log" 2>&1; else echo "no bench/gpu_train.sh" > "$WORK/train.log"; fi ;;
+    ratios) timeout 240 python bench/loss_overhead.py --ratios --device cuda --sizes 64x4096,256x8192,1024x16384 \
+              --rounds 5 --out "$WORK" > "$WORK/ratios.log" 2>&1 ;;
     *) echo "unknown part $part" > "$WORK/$part.log" ;;
   esac
   rc=$?

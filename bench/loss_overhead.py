@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import espo_ref  # noqa: E402
+import espo_ref.baselines  # noqa: E402
 import espo_ref.torch as et  # noqa: E402
 from _common import machine_info  # noqa: E402
 from espo_ref._io import write_atomic  # noqa: E402
@@ -305,6 +306,172 @@ def before_lines(payload: dict) -> str:
     return "".join(lines)
 
 
+RATIO_TARGETS = {"eager": 1.3, "eager_validated": 1.5}
+
+
+def ratio_methods() -> dict:
+    """ESPO and GSPO as a training step calls them: forward, backward and a read of the metrics
+    (their one device-to-host transfer); eager without and with validation, and compiled
+    (``torch.compile(..., fullgraph=True)``, validate=False)."""
+    cfg = espo_ref.ESPOConfig(vocab_size=VOCAB)
+    gspo_cfg = espo_ref.baselines.GSPOConfig()
+    espo = lambda v: lambda lp, o, e, m, a: et.espo_loss(lp, o, e, m, a, cfg, validate=v)  # noqa: E731
+    gspo = lambda v: lambda lp, o, e, m, a: et.gspo_loss(lp, o, m, a, gspo_cfg, validate=v)  # noqa: E731
+    espo_compiled = torch.compile(et.espo_loss, fullgraph=True)
+    gspo_compiled = torch.compile(et.gspo_loss, fullgraph=True)
+    return {
+        "espo": espo(False), "gspo": gspo(False),
+        "espo_validated": espo(True), "gspo_validated": gspo(True),
+        "espo_compiled": lambda lp, o, e, m, a: espo_compiled(lp, o, e, m, a, cfg, validate=False),
+        "gspo_compiled": lambda lp, o, e, m, a: gspo_compiled(lp, o, m, a, gspo_cfg, validate=False),
+    }
+
+
+def train_step(fn, inputs):
+    inputs[0].grad = None
+    result = fn(*inputs)
+    result.loss.backward()
+    dict(result.metrics)
+
+
+def count_syncs(fn, inputs) -> tuple[int, int]:
+    """CUDA only: the host syncs of one loss + backward, and of the metrics' first read
+    (``torch.cuda.set_sync_debug_mode("warn")`` warns once per synchronizing call)."""
+    import warnings
+
+    def synced(action) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                value = action()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        synced.value = value
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    inputs[0].grad = None
+    in_loss = synced(lambda: _loss_and_backward(fn, inputs))
+    in_read = synced(lambda: dict(synced.value.metrics))
+    return in_loss, in_read
+
+
+def _loss_and_backward(fn, inputs):
+    result = fn(*inputs)
+    result.loss.backward()
+    return result
+
+
+def measure_ratios(B, T, rounds, repeats, device="cpu") -> dict:
+    """Fastest fwd + bwd + metrics read of each method over ``rounds`` rounds, the methods'
+    order alternating between rounds (so drift in the machine's speed hits all alike); on CUDA
+    also each method's host syncs per call."""
+    fns = ratio_methods()
+    inputs = make_inputs(B, T, device)
+    for fn in fns.values():  # warm-up: allocator, and the compilations
+        train_step(fn, inputs)
+        train_step(fn, inputs)
+    best = {name: float("inf") for name in fns}
+    order = list(fns)
+    for round_ in range(rounds):
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            for _ in range(repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                train_step(fns[name], inputs)
+                sync(device)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    row = {"B": B, "T": T, "rounds": rounds, "repeats": repeats, **{f"{n}_s": t for n, t in best.items()}}
+    if device == "cuda":
+        for name, fn in fns.items():
+            row[f"{name}_syncs_loss"], row[f"{name}_syncs_metrics"] = count_syncs(fn, inputs)
+    row["espo_over_gspo"] = best["espo"] / best["gspo"]
+    row["espo_over_gspo_validated"] = best["espo_validated"] / best["gspo_validated"]
+    row["espo_compiled_over_eager"] = best["espo_compiled"] / best["espo"]
+    row["espo_compiled_over_gspo_compiled"] = best["espo_compiled"] / best["gspo_compiled"]
+    if device == "cpu":
+        row.update(mask_probe(B, T))
+    row["within_targets"] = (row["espo_over_gspo"] <= RATIO_TARGETS["eager"]
+                             and row["espo_over_gspo_validated"] <= RATIO_TARGETS["eager_validated"]
+                             and row["espo_compiled_over_eager"] < 1.0)
+    return row
+
+
+def mask_probe(B, T, repeats=10) -> dict:
+    """What inductor's CPU code makes of boolean masks on this machine: ``(x > y) & mask`` and a
+    masked row sum, eager against compiled (the losses write several boolean [B, T] fields)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(B, T, generator=g), torch.rand(B, T, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    probes = {"mask_and": lambda x, y, m: (x > y) & m, "mask_sum": lambda x, y, m: (x * m.to(x.dtype)).sum(1)}
+    out = {}
+    for name, fn in probes.items():
+        for kind, f in (("eager", fn), ("compiled", torch.compile(fn, fullgraph=True))):
+            f(x, y, mask)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                f(x, y, mask)
+                best = min(best, time.perf_counter() - t0)
+            out[f"probe_{name}_{kind}_s"] = best
+    return out
+
+
+def ratios_main(args) -> int:
+    device = args.device
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    rows = []
+    for size in args.sizes.split(","):
+        B, T = (int(x) for x in size.lower().split("x"))
+        rows.append(measure_ratios(B, T, args.rounds, args.repeats or 3, device))
+    names = ("espo", "gspo", "espo_validated", "gspo_validated", "espo_compiled", "gspo_compiled")
+    head = f"{'B x T':>12} " + " ".join(f"{n + ' ms':>20}" for n in names) + \
+        f" {'espo/gspo':>9} {'validated':>9} {'compiled/eager':>14} {'compiled e/g':>12} {'targets':>7}"
+    lines = [head] + [
+        f"{r['B']:>5} x {r['T']:<5}" + " ".join(f"{1e3 * r[n + '_s']:>20.2f}" for n in names)
+        + f" {r['espo_over_gspo']:>9.3f} {r['espo_over_gspo_validated']:>9.3f} {r['espo_compiled_over_eager']:>14.3f}"
+        + f" {r['espo_compiled_over_gspo_compiled']:>12.3f} {'met' if r['within_targets'] else 'MISSED':>7}"
+        for r in rows]
+    if device == "cuda":
+        lines.append("")
+        lines.append("host syncs per call (loss + backward / first metrics read): " + "; ".join(
+            f"{r['B']} x {r['T']} " + ", ".join(f"{n} {r[n + '_syncs_loss']}/{r[n + '_syncs_metrics']}" for n in names)
+            for r in rows))
+    else:
+        lines.append("")
+        lines.append("inductor on boolean masks, same run (ms, eager / compiled): " + "; ".join(
+        f"{r['B']} x {r['T']} (x > y) & mask {1e3 * r['probe_mask_and_eager_s']:.2f} / "
+        f"{1e3 * r['probe_mask_and_compiled_s']:.2f}, masked row sum {1e3 * r['probe_mask_sum_eager_s']:.2f} / "
+        f"{1e3 * r['probe_mask_sum_compiled_s']:.2f}" for r in rows))
+    table = "\n".join(lines)
+    print(table)
+    machine = machine_info()
+    machine["device"] = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    machine["torch_threads"] = torch.get_num_threads()
+    machine["load_average_at_end"] = os.getloadavg()
+    command = f"python bench/loss_overhead.py --ratios --device {device} " + " ".join(
+        f"--{k} {v}" for k, v in (("sizes", args.sizes), ("threads", args.threads), ("rounds", args.rounds),
+                                   ("repeats", args.repeats or 3)))
+    payload = {"benchmark": "loss_overhead_ratios", "espo_ref": espo_ref.__version__, "machine": machine,
+               "command": command, "dtype": "float32", "targets": RATIO_TARGETS, "note": args.note,
+               "what": "fastest forward + backward + metrics read of each loss over alternating rounds, "
+                       "same inputs, same process; espo/gspo eager with validate=False, 'validated' with "
+                       "validate=True, compiled = torch.compile(fullgraph=True), validate=False",
+               "rows": rows}
+    head = "\n".join(f"- {k}: {v}" for k, v in machine.items())
+    md = (f"# loss_overhead ratios ({device})\n\n{head}\n\n- command: `{command}`\n"
+          f"- targets: espo/gspo <= {RATIO_TARGETS['eager']} eager (validate=False), <= "
+          f"{RATIO_TARGETS['eager_validated']} validated, compiled espo faster than eager espo\n"
+          + (f"- note: {args.note}\n" if args.note else "")
+          + f"- what: {payload['what']}\n\n```\n{table}\n```\n")
+    for folder in [ROOT / "bench" / "results"] + ([Path(args.out)] if args.out else []):
+        write_atomic(folder / f"loss_overhead_ratios_{device}.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_atomic(folder / f"loss_overhead_ratios_{device}.md", md)
+    return 0 if all(r["within_targets"] for r in rows) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -314,7 +481,14 @@ def main(argv=None) -> int:
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu device only)")
     parser.add_argument("--before", default=None, help="another checkout to time beside this one")
+    parser.add_argument("--ratios", action="store_true",
+                        help="ESPO/GSPO eager, validated and compiled, fastest of alternating rounds (and on "
+                             "cuda the host syncs per call); writes loss_overhead_ratios_<device>.{json,md}; "
+                             "exit 1 when a target is missed")
+    parser.add_argument("--rounds", type=int, default=7, help="--ratios: alternating rounds")
     args = parser.parse_args(argv)
+    if args.ratios:
+        return ratios_main(args)
     if args.before:
         os.environ["ESPO_BENCH_BEFORE"] = str(Path(args.before).resolve())  # the memory subprocesses read it
         load_before(args.before)
