@@ -58,7 +58,6 @@ class Segments:
         B, T = groups.shape
         self.shape = (B, T)
         self.include = include
-        self.groups = groups
         if width is None:
             width = int(torch.where(include, groups, 0).max()) + 1 if groups.numel() else 1
         self.width = max(int(width), 1)
@@ -135,10 +134,12 @@ class Segments:
 
 
 def group_segments(groups: torch.Tensor, trained: torch.Tensor, drop_low_group: bool,
-                   width: int | None = None) -> tuple[Segments, Segments]:
+                   width: int | None = None, *, include: torch.Tensor | None = None,
+                   members: list[torch.Tensor] | None = None) -> tuple[Segments, Segments]:
     """(response segments, trained segments) of a group tensor, built once per loss: the same
-    object unless ``drop_low_group`` leaves response tokens untrained ([ESPO-GROUP-DROPLOW])."""
-    seg = Segments(groups, groups >= 0, width)
+    object unless ``drop_low_group`` leaves response tokens untrained ([ESPO-GROUP-DROPLOW]).
+    ``include`` (the response tokens, groups >= 0) and ``members`` when the caller has them."""
+    seg = Segments(groups, groups >= 0 if include is None else include, width, members=members)
     if not drop_low_group:
         return seg, seg
     members = [trained & mb for mb in seg.members] if seg.dense else None

@@ -36,7 +36,7 @@ BASELINE_KEYS = (*COMMON_KEYS, "ppo_kl")
 _NAN = float("nan")
 
 # How each key is read from the totals: ("count", n) | ("frac", num, den, value when den is 0) |
-# ("mean", sum, count, source values, source where) | ("kl", sum, count). A mean of an empty set
+# ("mean", sum, count, source values, source where). A mean of an empty set
 # is 0; a fraction of no tokens is NaN (a batch without tokens is rejected unless validate=False).
 _COMMON = {
     "tokens": ("count", "tokens"),
@@ -46,7 +46,7 @@ _COMMON = {
     "clipfrac_low": ("frac", "clip_low", "tokens", _NAN),
     "clamped_frac": ("frac", "clamped", "tokens", _NAN),
     "ratio_mean": ("mean", "ratio", "trained", "ratio", "trained"),
-    "approx_kl": ("kl", "kl", "tokens"),
+    "approx_kl": ("mean", "kl", "tokens", "log_r", "mask"),  # its fallback: log space (``_fallback``)
 }
 _ESPO = {
     **_COMMON,
@@ -82,16 +82,26 @@ class DeviceMetrics(MutableMapping):
     overrides its value. ``merge_metrics`` adds the totals of several results.
     """
 
-    def __init__(self, recipes: dict, keys: tuple[str, ...], totals: dict[str, torch.Tensor],
-                 sources: dict[str, torch.Tensor] | None = None, parts: tuple = ()):
+    def __init__(self, recipes: dict, keys: tuple[str, ...], names: tuple[str, ...], totals: torch.Tensor, *,
+                 sources: dict | None = None, parts: tuple = (), values: dict[str, float] | None = None):
+        """``totals``: the float64 vector of the counts and sums ``names``; ``sources``: the
+        tensors the fallbacks read; ``parts``: the merged metrics; ``values``: metrics already on
+        the host (they count as set by hand)."""
         self._recipes = recipes
         self._keys = keys
-        self._names = tuple(totals)
-        self._totals = torch.stack([t.to(torch.float64) for t in totals.values()])
+        self._names = names
+        self._totals = totals
         self._sources = sources or {}
         self._parts = parts
-        self._values: dict[str, float] | None = None
-        self._overridden = False
+        self._values = values
+        self._overridden = values is not None
+
+    @classmethod
+    def of_totals(cls, recipes: dict, keys: tuple[str, ...], totals: dict[str, torch.Tensor],
+                  sources: dict) -> "DeviceMetrics":
+        """A loss's metrics from its named device counts and sums (stacked: one transfer later)."""
+        return cls(recipes, keys, tuple(totals), torch.stack([t.to(torch.float64) for t in totals.values()]),
+                   sources=sources)
 
     # -- the mapping --------------------------------------------------------------------------
     def __getitem__(self, key: str) -> float:
@@ -114,15 +124,6 @@ class DeviceMetrics(MutableMapping):
     def __repr__(self) -> str:
         return f"DeviceMetrics({self._host()!r})"
 
-    @classmethod
-    def of_dict(cls, values: dict[str, float]) -> "DeviceMetrics":
-        """Metrics already on the host (a merge of plain dicts)."""
-        out = cls.__new__(cls)
-        out._recipes, out._keys, out._names = {}, tuple(values), ()
-        out._totals = torch.zeros(0, dtype=torch.float64)
-        out._sources, out._parts, out._values, out._overridden = {}, (), dict(values), True
-        return out
-
     @property
     def totals(self) -> dict[str, torch.Tensor]:
         """The device totals (float64 0-d tensors) by name: counts and sums, before division."""
@@ -142,17 +143,11 @@ class DeviceMetrics(MutableMapping):
         if kind == "frac":
             num, den, empty = args
             return host[num] / host[den] if host[den] else empty
-        if kind == "mean":
-            total, count, values, where = args
-            if not host[count]:
-                return 0.0
-            plain = host[total] / host[count]
-            return plain if math.isfinite(plain) else self._fallback(key, plain, values, where)
-        total, count = args  # "kl"
+        total, count, values, where = args  # "mean"
         if not host[count]:
             return 0.0
         plain = host[total] / host[count]
-        return plain if math.isfinite(plain) else self._fallback(key, plain, "log_r", "mask")
+        return plain if math.isfinite(plain) else self._fallback(key, plain, values, where)
 
     def _fallback(self, key: str, plain: float, values: str, where: str) -> float:
         """A mean whose device sum left the float range: from the per-token sources, or, for a
@@ -206,12 +201,10 @@ def merge_metrics(parts: Sequence) -> MutableMapping:
     first = parts[0]
     if not all(isinstance(p, DeviceMetrics) and not p._overridden and p._names == getattr(first, "_names", None)
                and p._keys == first._keys for p in parts):
-        return DeviceMetrics.of_dict(core_merge(parts))
-    merged = DeviceMetrics.__new__(DeviceMetrics)
-    merged._recipes, merged._keys, merged._names = first._recipes, first._keys, first._names
-    merged._totals = torch.stack([p._totals.to(first._totals.device) for p in parts]).sum(dim=0)
-    merged._sources, merged._parts, merged._values, merged._overridden = {}, parts, None, False
-    return merged
+        values = core_merge(parts)
+        return DeviceMetrics({}, tuple(values), (), torch.zeros(0, dtype=torch.float64), values=values)
+    totals = torch.stack([p._totals.to(first._totals.device) for p in parts]).sum(dim=0)
+    return DeviceMetrics(first._recipes, first._keys, first._names, totals, parts=parts)
 
 
 def _common_totals(mask, ratio, trained, log_r, clipped_high, clipped_low, clamped) -> dict[str, torch.Tensor]:
@@ -260,7 +253,7 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
     else:
         sources.update({"entropy": entropy, "log_r": log_r, "lp": lp.detach(), "olp": olp})
     if totals is not None:
-        return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, {**totals, "kl": k3(log_r).sum()}, sources)
+        return DeviceMetrics.of_totals(_ESPO, ESPO_METRIC_KEYS, {**totals, "kl": k3(log_r).sum()}, sources)
     high = mask if token_groups else mask & (groups == HIGH_GROUP)
     low = mask & ~high
     high_f, low_f = factor(high, dtype), factor(low, dtype)  # exact, and far cheaper than where()
@@ -274,7 +267,7 @@ def _espo_metrics(entropy, mask, groups, trained, ratio, eps_high, log_r, clippe
         "eps_high": (eps_high * high_f).sum(), "eps_low": (eps_high * low_f).sum(),
         "entropy": entropy.sum(), "entropy_high": (entropy * high_f).sum(), "entropy_low": (entropy * low_f).sum(),
     })
-    return DeviceMetrics(_ESPO, ESPO_METRIC_KEYS, totals, sources)
+    return DeviceMetrics.of_totals(_ESPO, ESPO_METRIC_KEYS, totals, sources)
 
 
 def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
@@ -304,4 +297,4 @@ def baseline_metrics(mask, ratio, log_r, clipped_high, clipped_low, clamped, *,
     for name, where in extra_counts.items():
         totals[f"extra:{name}"] = torch.count_nonzero(where)
         recipes[name] = ("frac", f"extra:{name}", "tokens", _NAN)
-    return DeviceMetrics(recipes, (*BASELINE_KEYS, *extra_counts), totals, sources)
+    return DeviceMetrics.of_totals(recipes, (*BASELINE_KEYS, *extra_counts), totals, sources)

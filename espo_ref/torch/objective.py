@@ -102,27 +102,21 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
 
     groups, members = _groups_and_members(ent, m, config)
     trained = trained_tokens(groups, config)
-    width = group_width(config, shape[1])
-    if members is not None:
-        seg = Segments(groups, m, width, members=members)
-        if len(members) == 2 and ent.dtype == dtype:  # the low factor is mask - high: one cast fewer
-            high_f = factor(members[0], dtype)
-            seg._factors[dtype] = [high_f, mask_f - high_f]
-        trained_seg = seg if not config.drop_low_group else Segments(
-            groups, trained, width, members=[trained & mb for mb in members])
-    else:
-        seg, trained_seg = group_segments(groups, trained, config.drop_low_group, width)
+    seg, trained_seg = group_segments(groups, trained, config.drop_low_group, group_width(config, shape[1]),
+                                      include=m, members=members)
+    if members is not None and len(members) == 2 and ent.dtype == dtype:  # low = mask - high: one cast fewer
+        high_f = factor(members[0], dtype)
+        seg._factors[dtype] = [high_f, mask_f - high_f]
     ent = ent.to(dtype)
     log_r = log_ratio(lp, olp, m, validate)
     rows = seg.counts.sum(dim=1) > 0
     weight_tab, k = _aggregation_table(trained_seg, rows, dtype=dtype, validate=validate)
+    weight = trained_seg.to_tokens(weight_tab)
 
     if seg.dense and _by_group_fits(config, dtype, shape[1]) and adv.shape[1] == 1:
-        out = _by_group(seg, trained_seg, log_r, ent, adv, weight_tab, config)
+        out = _by_group(seg, trained_seg, log_r, ent, adv, weight_tab, rows, k, config)
         objective, grad, ratio, clamped, log_s, eps_low, eps_high, clipped_high, clipped_low, totals = out
-        weight = trained_seg.to_tokens(weight_tab)
     else:
-        weight = trained_seg.to_tokens(weight_tab)
         log_s = _group_log_ratio(log_r, seg)
         ratio, clamped = token_ratio(log_s, log_r.detach(), m, config, validate=validate)
         eps_low, eps_high = _clip_bounds(ent, seg, trained_seg, config, validate=validate)
@@ -171,7 +165,7 @@ def _by_group_fits(config: ESPOConfig, dtype: torch.dtype, length: int) -> bool:
     return config.eps_reading == "group_mean" and _eps_cannot_overflow(config, dtype)
 
 
-def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab, config: ESPOConfig):
+def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab, rows, k, config: ESPOConfig):
     """[ESPO-RATIO] [ESPO-RATIO-CLAMP] [ESPO-CLIP] [ESPO-CLIPMASK] [ESPO-AGG] [ESPO-METRICS] ESPO on the
     [B, W] group table, for one advantage per response: the ratio, its clamp, the clip range, the
     clip decisions and each token's weighted surrogate and gradient are constant on a group.
@@ -180,17 +174,17 @@ def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab,
     A max(s, 1 - eps) otherwise (A = 0 gives 0 either way): the clip binds exactly where the
     clipped-high / clipped-low masks say. J sums each group's token value times its trained
     token count. Per-token fields are the tables broadcast to the tokens; the metrics' counts
-    and sums come from the tables (exact counts; sums in another order than the tokens')."""
+    and sums come from the tables (exact counts; sums in another order than the tokens').
+    ``rows``: the responses with a token; ``k``: K_i, the trained groups of each response."""
     dtype = log_r.dtype
     n, n_trained = seg.counts, trained_seg.counts
     log_s_tab = seg.means(log_r, clean=True)
     clamped_tab = log_s_tab > config.log_ratio_clamp
     ratio_tab = torch.exp(log_s_tab.clamp(max=bound(config.log_ratio_clamp, dtype)))  # finite (_by_group_fits)
+    ent_sums = seg.sums(ent, clean=True)  # T (log|V| + tol) in range (_by_group_fits)
     if config.clip == "adaptive":
-        ent_sums = seg.sums(ent, clean=True)  # T (log|V| + tol) in range (_by_group_fits)
         low_tab = high_tab = (config.alpha / config.log_vocab) * (ent_sums / n.clamp(min=1).to(dtype))
     else:
-        ent_sums = seg.sums(ent, clean=True)
         low_tab = torch.full_like(log_s_tab, config.eps_low)
         high_tab = torch.full_like(log_s_tab, config.eps_high)
     positive = adv > 0
@@ -203,8 +197,6 @@ def _by_group(seg: Segments, trained_seg: Segments, log_r, ent, adv, weight_tab,
     grad_tab = -(weight_tab * adv * ratio_tab) * passes.to(dtype)
 
     clipped_tab = clipped_high_tab | clipped_low_tab
-    rows = n.sum(dim=1) > 0
-    k = trained_seg.groups_per_row()
     eps_n = n.to(dtype) * high_tab
     totals = {
         "tokens": n.sum(), "responses": torch.count_nonzero(rows),
