@@ -140,6 +140,13 @@ def require_finite(t: torch.Tensor, mask: torch.Tensor, name: str) -> None:
                    lambda idx: f"{name} has a non-finite value {float_repr(t, idx)} at response position {idx}")
 
 
+def zero_padding(t: torch.Tensor, mask_f: torch.Tensor) -> torch.Tensor:
+    """[ESPO-INPUT] ``t`` in the dtype of ``mask_f`` (the mask as 0/1) with padding 0: a product by the mask,
+    NaN (anything non-finite times 0) back to 0. Equal to ``torch.where(mask, t, 0)`` for values
+    finite on the mask (validated), several times cheaper on CPU."""
+    return torch.nan_to_num(t.to(mask_f.dtype) * mask_f, nan=0.0)
+
+
 def finite_on(t: torch.Tensor, mask: torch.Tensor, name: str, dtype: torch.dtype,
               validate: bool = True) -> torch.Tensor:
     """Raise if t is non-finite at a response position; return t in ``dtype`` with padding
@@ -205,7 +212,7 @@ def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, d
                 raise ESPOInputError(f"{name} has a non-finite value {float_repr(adv, [i])} for response {i}")
         if mask_f is not None:
             rows = torch.count_nonzero(mask, dim=1) > 0
-            return torch.nan_to_num(adv.to(dtype) * rows.to(dtype), nan=0.0)[:, None]
+            return zero_padding(adv, rows.to(dtype))[:, None]
         adv = adv[:, None].expand(B, T)
     elif adv.ndim == 2:
         if tuple(adv.shape) != (B, T):
@@ -215,7 +222,7 @@ def advantages_2d(advantages, mask: torch.Tensor, name: str = "advantages", *, d
     if mask_f is not None:
         if validate:
             require_finite(adv, mask, name)
-        return torch.nan_to_num(adv.to(dtype) * mask_f, nan=0.0)
+        return zero_padding(adv, mask_f)
     return finite_on(adv, mask, name, dtype, validate)
 
 
