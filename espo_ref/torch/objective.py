@@ -60,8 +60,8 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
     logp's device (other inputs are moved there). ``validate=True`` runs the core's checks
     with its messages, at the cost of a few host syncs; ``validate=False`` skips them: no host
     sync and no data-dependent shape (inputs the core rejects then give unspecified values).
-    A non-finite logp on a response token gives a NaN loss and gradient (validation off) rather
-    than a number. ``metrics`` is a ``DeviceMetrics``: Python floats, fetched in one transfer
+    A NaN logp on a response token gives a NaN loss and gradient (validation off) rather than a
+    number; +-inf is not guaranteed to (the integrations add ``nan_unless_finite``). ``metrics`` is a ``DeviceMetrics``: Python floats, fetched in one transfer
     when first read.
     With ``validate``, finite inputs give finite outputs or an ESPOInputError naming the
     argument [ESPO-INPUT].
@@ -82,8 +82,8 @@ def espo_loss(logp, old_logp, entropy, mask, advantages, config: ESPOConfig, *,
         require_finite(ent_in, m, "entropy")
     mask_f = factor(m, dtype)
     # logp is the one input a training step brings anew (old_logp, entropy and advantages are
-    # validated once where the batch is built): a non-finite logp on a response token makes the
-    # loss and its gradient NaN even without validation, as a plain masked loss would
+    # validated once where the batch is built): a NaN logp on a response token makes the loss and
+    # its gradient NaN even without validation, as a plain masked loss would
     lp = torch.where(m, raw.detach(), torch.zeros((), dtype=raw.dtype, device=raw.device)).to(dtype)
     olp = zero_padding(olp_in, mask_f)
     ent_dtype = compute_dtype(ent_in)  # the grouping sees the entropy in its own precision
